@@ -1,0 +1,191 @@
+"""The typed, immutable model of a ruleset: Ruleset -> Table -> Chain -> Rule."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+__all__ = [
+    "SourcePos",
+    "Option",
+    "Match",
+    "Target",
+    "Rule",
+    "Chain",
+    "Table",
+    "Ruleset",
+    "BUILTIN_CHAINS",
+    "TABLES",
+    "VERDICTS",
+    "Family",
+]
+
+Family = Literal[4, 6]
+
+# Which built-in chains each table has (the kernel's valid_hooks per table).
+BUILTIN_CHAINS: Mapping[str, tuple[str, ...]] = {
+    "raw": ("PREROUTING", "OUTPUT"),
+    "mangle": ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"),
+    "nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"),
+    "filter": ("INPUT", "FORWARD", "OUTPUT"),
+    "security": ("INPUT", "FORWARD", "OUTPUT"),
+}
+TABLES: tuple[str, ...] = ("raw", "mangle", "nat", "filter", "security")
+# Standard verdicts: handled by the core, never a chain name.
+VERDICTS: frozenset[str] = frozenset({"ACCEPT", "DROP", "RETURN", "QUEUE"})
+
+
+@dataclass(frozen=True, slots=True)
+class SourcePos:
+    """Where something was written: 1-based line, 1-based column."""
+
+    path: str
+    line: int
+    column: int = 1
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}:{self.column}"
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """One option of a rule, with typed values: ``! --dport 22`` is
+    ``Option("dport", (PortRange(22, 22),), invert=True)``."""
+
+    name: str
+    values: tuple[object, ...] = ()
+    invert: bool = False
+    column: int = 0
+
+    @property
+    def value(self) -> object:
+        """The single value of a one-argument option."""
+        return self.values[0] if self.values else None
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """A match module loaded by ``-m NAME`` (or implicitly by ``-p tcp``)."""
+
+    name: str
+    options: tuple[Option, ...] = ()
+    known: bool = True
+    implicit: bool = False
+    column: int = 0
+
+    def option(self, name: str) -> Option | None:
+        for opt in self.options:
+            if opt.name == name:
+                return opt
+        return None
+
+
+TargetKind = Literal["verdict", "chain", "extension", "unknown"]
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What a rule does when it matches: ``-j NAME`` or ``-g CHAIN``."""
+
+    name: str
+    kind: TargetKind
+    options: tuple[Option, ...] = ()
+    goto: bool = False
+    column: int = 0
+
+    def option(self, name: str) -> Option | None:
+        for opt in self.options:
+            if opt.name == name:
+                return opt
+        return None
+
+    @property
+    def is_chain(self) -> bool:
+        return self.kind == "chain"
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One rule of a chain, as the kernel holds it (``-s a,b`` is already two rules)."""
+
+    table: str
+    chain: str
+    index: int
+    pos: SourcePos
+    text: str
+    source: Option | None = None
+    destination: Option | None = None
+    in_interface: Option | None = None
+    out_interface: Option | None = None
+    protocol: Option | None = None
+    fragment: Option | None = None
+    matches: tuple[Match, ...] = ()
+    target: Target | None = None
+    counters: tuple[int, int] | None = None
+
+    def match(self, name: str) -> Match | None:
+        for m in self.matches:
+            if m.name == name:
+                return m
+        return None
+
+    @property
+    def core_options(self) -> tuple[Option, ...]:
+        return tuple(
+            o
+            for o in (self.source, self.destination, self.in_interface, self.out_interface, self.protocol, self.fragment)
+            if o is not None
+        )
+
+    @property
+    def location(self) -> str:
+        return f"{self.table}/{self.chain}#{self.index}"
+
+
+@dataclass(frozen=True, slots=True)
+class Chain:
+    """A built-in chain (with a policy) or a user chain (policy None)."""
+
+    name: str
+    builtin: bool
+    policy: str | None
+    rules: tuple[Rule, ...]
+    pos: SourcePos | None
+    counters: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Table:
+    name: str
+    chains: Mapping[str, Chain]
+    pos: SourcePos | None
+
+    def __iter__(self) -> Iterator[Chain]:
+        return iter(self.chains.values())
+
+    def rules(self) -> Iterator[Rule]:
+        for chain in self.chains.values():
+            yield from chain.rules
+
+
+@dataclass(frozen=True, slots=True)
+class Ruleset:
+    """A whole dump: its family, tables and everything the reader had to say about it."""
+
+    path: str
+    family: Family
+    tables: Mapping[str, Table]
+    diagnostics: tuple[object, ...] = field(default=())
+    lines: tuple[str, ...] = field(default=(), repr=False)
+
+    def table(self, name: str) -> Table | None:
+        return self.tables.get(name)
+
+    def rules(self) -> Iterator[Rule]:
+        for table in self.tables.values():
+            yield from table.rules()
+
+    @property
+    def rule_count(self) -> int:
+        return sum(len(c.rules) for t in self.tables.values() for c in t.chains.values())
