@@ -102,8 +102,8 @@ def rule(code: str | None, show_all: bool) -> None:
     from natlint.findings import CODES
 
     if show_all or code is None:
-        for entry in CODES.values():
-            click.echo(f"{entry.code}  {entry.name:<28} {entry.severity:<8} {entry.summary}")
+        for listed in CODES.values():
+            click.echo(f"{listed.code}  {listed.name:<28} {listed.severity:<8} {listed.summary}")
         return
     entry = CODES.get(code.upper())
     if entry is None:

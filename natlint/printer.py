@@ -95,16 +95,17 @@ def _neg(opt: Option) -> list[str]:
 def _extension_words(ext: Match | Target, spec: ExtensionSpec | None) -> list[str]:
     words: list[str] = []
     present = {o.name: o for o in ext.options}
-    if spec is None or (isinstance(ext, Match) and not ext.known) or (isinstance(ext, Target) and ext.kind == "unknown"):
+    unknown = (isinstance(ext, Match) and not ext.known) or (isinstance(ext, Target) and ext.kind == "unknown")
+    if spec is None or unknown:
         for opt in ext.options:
             words += _neg(opt) + [_unknown_spelling(opt.name)] + [_raw_word(str(v)) for v in opt.values]
         return words
     for spec_opt in spec.options:
-        opt = present.get(spec_opt.name)
-        if opt is None or not spec_opt.printed:
+        given = present.get(spec_opt.name)
+        if given is None or not spec_opt.printed:
             continue
-        values = spec_opt.fmt(opt.values) if spec_opt.fmt is not None else [str(v) for v in opt.values]
-        words += _neg(opt) + [option_spelling(spec_opt.name)] + values
+        values = spec_opt.fmt(given.values) if spec_opt.fmt is not None else [str(v) for v in given.values]
+        words += _neg(given) + [option_spelling(spec_opt.name)] + values
     return words
 
 

@@ -134,7 +134,9 @@ class Rule:
     def core_options(self) -> tuple[Option, ...]:
         return tuple(
             o
-            for o in (self.source, self.destination, self.in_interface, self.out_interface, self.protocol, self.fragment)
+            for o in (
+                self.source, self.destination, self.in_interface, self.out_interface, self.protocol, self.fragment
+            )
             if o is not None
         )
 
