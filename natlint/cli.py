@@ -36,7 +36,7 @@ def main() -> None:
 
 @main.command(epilog=_EPILOG)
 @click.argument("paths", nargs=-1, type=click.Path(allow_dash=True, dir_okay=False))
-@click.option("--format", "fmt", type=click.Choice(["concise", "json"]), default="concise", show_default=True,
+@click.option("--format", "fmt", type=click.Choice(["concise", "full", "json"]), default="concise", show_default=True,
               envvar="NATLINT_FORMAT", help="Output format.")
 @click.option("--fail-on", type=click.Choice(["error", "warning", "info"]), default="error", show_default=True,
               help="Exit 1 when a finding of this severity or higher is reported.")
@@ -50,7 +50,7 @@ def check(paths: tuple[str, ...], fmt: str, fail_on: str, exit_zero: bool, famil
     from natlint.checks import run_checks
     from natlint.findings import SEVERITY_RANK, Finding
     from natlint.report.json import format_json, summary
-    from natlint.report.text import format_concise
+    from natlint.report.text import format_concise, format_full
     from natlint.syntax.reader import read
 
     if not paths:
@@ -79,7 +79,7 @@ def check(paths: tuple[str, ...], fmt: str, fail_on: str, exit_zero: bool, famil
     if fmt == "json":
         out.write(format_json(findings, len(paths)))
     else:
-        out.write(format_concise(findings))
+        out.write(format_full(findings) if fmt == "full" else format_concise(findings))
         stats = summary(findings, len(paths))
         if findings:
             click.echo(f"Found {stats['errors']} error(s), {stats['warnings']} warning(s), {stats['infos']} info"
