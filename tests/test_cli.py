@@ -46,7 +46,8 @@ def test_json_report_contract() -> None:
     assert doc["summary"]["files"] == 2
     assert doc["summary"]["errors"] == 1
     finding = next(f for f in doc["findings"] if f["code"] == "NL101")
-    assert set(finding) >= {"code", "name", "severity", "path", "line", "column", "table", "chain", "message", "related"}
+    keys = {"code", "name", "severity", "path", "line", "column", "table", "chain", "message", "related"}
+    assert set(finding) >= keys
     assert (finding["line"], finding["column"], finding["table"], finding["chain"]) == (24, 10, "filter", "INPUT")
 
 
