@@ -8,7 +8,7 @@ Feeding the output to iptables-restore gives the same kernel ruleset as the orig
 
 from __future__ import annotations
 
-from natlint.extensions import MATCHES, TARGETS, ExtensionSpec
+from natlint.extensions import CANONICAL, MATCHES, TARGETS, ExtensionSpec
 from natlint.extensions.spec import save_string
 from natlint.model.ruleset import BUILTIN_CHAINS, TABLES, Match, Option, Rule, Ruleset, Table, Target
 from natlint.model.values import Interface, Prefix, Protocol
@@ -77,24 +77,39 @@ def format_rule(rule: Rule) -> str:
             words += _neg(rule.protocol) + ["-p", proto.name]
     if rule.fragment is not None:
         words += _neg(rule.fragment) + ["-f"]
+    family = _family_of(rule)
     for match in rule.matches:
-        words += ["-m", match.name] + _extension_words(match, MATCHES.get(match.name))
+        words += ["-m", match.name] + _extension_words(match, MATCHES.get(match.name), family)
     if rule.target is not None:
         target = rule.target
         if target.goto:
             words += ["-g", target.name]
         else:
-            words += ["-j", target.name] + _extension_words(target, TARGETS.get(target.name))
+            words += ["-j", target.name] + _extension_words(target, TARGETS.get(target.name), family)
     return " ".join(words)
+
+
+def _family_of(rule: Rule) -> int:
+    for opt in (rule.source, rule.destination):
+        if opt is not None and isinstance(opt.value, Prefix):
+            return opt.value.version
+    return 6 if rule.protocol is not None and str(rule.protocol.value) == "ipv6-icmp" else 4
 
 
 def _neg(opt: Option) -> list[str]:
     return ["!"] if opt.invert else []
 
 
-def _extension_words(ext: Match | Target, spec: ExtensionSpec | None) -> list[str]:
+def _extension_words(ext: Match | Target, spec: ExtensionSpec | None, family: int = 4) -> list[str]:
     words: list[str] = []
     present = {o.name: o for o in ext.options}
+    canonical = CANONICAL.get(ext.name) if spec is not None else None
+    if canonical is not None and (ext.known if isinstance(ext, Match) else ext.kind == "extension"):
+        for name, values in canonical(ext.name, present, family=family):
+            opt = present.get(name)
+            words += _neg(opt) if opt is not None else []
+            words += [option_spelling(name), *values]
+        return words
     unknown = (isinstance(ext, Match) and not ext.known) or (isinstance(ext, Target) and ext.kind == "unknown")
     if spec is None or unknown:
         for opt in ext.options:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from natlint.extensions.spec import ParseContext
+from natlint.extensions.targets_core import kernel_problems
 from natlint.findings import Finding, Related, Severity
 from natlint.graph.chains import NFT_MAX_USER_DEPTH, ChainGraph, build_graphs
 from natlint.model.ruleset import Rule, Ruleset
@@ -61,7 +63,7 @@ def check(ruleset: Ruleset) -> Iterator[Finding]:
         yield from _undefined(graph)
         yield from _unreferenced(graph, ruleset.path)
         yield from _loops(graph, ruleset.path)
-        yield from _context(graph)
+        yield from _context(graph, ruleset.family)
         yield from _depth(graph, ruleset.path)
 
 
@@ -109,18 +111,20 @@ def _loops(graph: ChainGraph, path: str) -> Iterator[Finding]:
         )
 
 
-def _context(graph: ChainGraph) -> Iterator[Finding]:
+def _context(graph: ChainGraph, family: int) -> Iterator[Finding]:
     table = graph.table.name
     hooks = graph.hooks
     for chain in graph.table:
         chain_hooks = hooks.get(chain.name, frozenset())
         for rule in chain.rules:
-            yield from _target_context(rule, table, chain.name, chain_hooks)
+            yield from _target_context(rule, table, chain.name, chain_hooks, family)
             yield from _interface_context(rule, chain.name, chain_hooks)
             yield from _match_context(rule, chain_hooks)
 
 
-def _target_context(rule: Rule, table: str, chain: str, chain_hooks: frozenset[str]) -> Iterator[Finding]:
+def _target_context(
+    rule: Rule, table: str, chain: str, chain_hooks: frozenset[str], family: int
+) -> Iterator[Finding]:
     target = rule.target
     if target is None:
         return
@@ -145,13 +149,12 @@ def _target_context(rule: Rule, table: str, chain: str, chain_hooks: frozenset[s
             yield _finding("NL104", f"{target.name} is only valid in {', '.join(sorted(allowed))}, not in"
                            f" {', '.join(bad)}{via}: the kernel refuses this rule and the whole table with it",
                            rule, col)
-    if target.name == "REJECT":
-        opt = target.option("reject_with")
-        if opt is not None and str(opt.value) == "tcp-reset":
-            proto = rule.protocol
-            if proto is None or proto.invert or str(proto.value) != "tcp":
-                yield _finding("NL104", "'--reject-with tcp-reset' needs '-p tcp' in the same rule: the kernel"
-                               " refuses it otherwise", rule, col)
+    proto = rule.protocol
+    ctx = ParseContext(
+        family, str(proto.value) if proto is not None else None, proto.invert if proto is not None else False
+    )
+    for problem in kernel_problems(target.name, {o.name: o for o in target.options}, ctx):
+        yield _finding("NL104", problem, rule, col)
 
 
 def _interface_context(rule: Rule, chain: str, chain_hooks: frozenset[str]) -> Iterator[Finding]:

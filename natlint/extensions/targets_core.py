@@ -19,14 +19,21 @@ iptables-save adds (``--reject-with icmp-port-unreachable``, ``--queue-num 0``) 
 (``--log-level 4``, ``--nflog-group 0``, ``--nflog-threshold 0``) are handled by
 :func:`canonical_options`, which returns the exact option list iptables-save prints for a
 target of this module; a printer should use it rather than the spec options alone.
+
+Spec ``validate`` functions report only what iptables-restore itself refuses (missing or
+conflicting options). What the kernel refuses at commit because of the rule's ``-p``
+(``--reject-with tcp-reset`` without ``-p tcp``, SYNPROXY, TCPMSS, TPROXY, ``CT --helper``) is
+answered by :func:`kernel_problems`, for natlint/checks to report as NL104 like the other
+commit-time refusals.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 
+from natlint.extensions.matches_state import xt_uint, xt_uint_prefix
 from natlint.extensions.spec import ExtensionSpec, OptionSpec, ParseContext, Problem, flag, one, save_string
 from natlint.model.ruleset import Option
 from natlint.model.values import PROTOCOL_NUMBERS
@@ -40,9 +47,12 @@ __all__ = [
     "canonical_options",
     "option_order",
     "parse_xt_uint",
+    "strtoui_prefix",
     "protocol_number",
     "parse_reject_with",
-    "needs_protocol",
+    "KERNEL_CHECKS",
+    "kernel_problems",
+    "plain_protocol",
     "hidden",
     "truncate_bytes",
     "spec_words",
@@ -51,21 +61,19 @@ __all__ = [
 
 # ---- helpers shared by the target modules -----------------------------------------------------
 
-_XT_UINT = re.compile(r"[ \t\n\v\f\r]*\+?(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)")
+
+def strtoui_prefix(text: str, minimum: int = 0, maximum: int = 0xFFFFFFFF) -> tuple[int, str] | None:
+    """``xtables_strtoui(text, &end, ...)``: the leading number and the rest of the text, or None
+    when there is no number or it is out of range (``strtoumax`` base 0, see ``xt_uint_prefix``)."""
+    parsed = xt_uint_prefix(text)
+    if parsed is None or not minimum <= parsed[0] <= maximum:
+        return None
+    return parsed
 
 
 def parse_xt_uint(text: str, maximum: int, *, minimum: int = 0, what: str = "value") -> int:
-    """An unsigned number as ``xtables_strtoui`` reads it: ``strtoumax`` base 0 (``0x`` hex,
-    leading ``0`` octal), leading blanks and ``+`` allowed, no ``-``, the whole word consumed."""
-    m = _XT_UINT.fullmatch(text)
-    if m is None:
-        raise ValueError(f"'{text}' is not a valid {what}: give a number from {minimum} to {maximum}")
-    digits = m.group(1)
-    base = 16 if digits[:2] in ("0x", "0X") else 8 if digits[0] == "0" else 10
-    value = int(digits, base)
-    if not minimum <= value <= maximum:
-        raise ValueError(f"{value} is out of range for the {what}: it goes from {minimum} to {maximum}")
-    return value
+    """An unsigned number as ``xtables_strtoui`` reads it when the whole word must be a number."""
+    return xt_uint(text, maximum, minimum=minimum, what=what)
 
 
 def protocol_number(ctx: ParseContext) -> int | None:
@@ -88,10 +96,24 @@ def option_order(options: Mapping[str, Option]) -> list[Option]:
     return [o for _, o in sorted(enumerate(options.values()), key=lambda p: (p[1].column, p[0]))]
 
 
-def needs_protocol(ctx: ParseContext, wanted: Sequence[int], text: str, option: str | None = None) -> Iterable[Problem]:
-    """A problem unless the rule has ``-p`` one of ``wanted`` without ``!`` (a kernel checkentry rule)."""
-    if protocol_number(ctx) not in wanted or ctx.protocol_inverted:
-        yield Problem(text, option, "NL002")
+# Rules the kernel refuses at commit because of the rule's -p (checkentry functions). They are
+# not spec Problems: 'iptables-restore --test' passes them and the kernel refuses them when the
+# table is loaded, which natlint reports as NL104 (invalid-in-context) from natlint/checks.
+KernelCheck = Callable[[Mapping[str, Option], ParseContext], Iterable[str]]
+KERNEL_CHECKS: dict[str, KernelCheck] = {}
+
+
+def kernel_problems(target: str, options: Mapping[str, Option], ctx: ParseContext) -> list[str]:
+    """Why the kernel would refuse target ``target`` with these options in a rule with ``ctx``'s
+    ``-p`` (empty: no objection). Covers REJECT, SYNPROXY, TCPMSS, TPROXY and CT; the target
+    modules register their checks in :data:`KERNEL_CHECKS` when ``natlint.extensions`` is imported."""
+    check = KERNEL_CHECKS.get(target)
+    return list(check(options, ctx)) if check is not None else []
+
+
+def plain_protocol(ctx: ParseContext, wanted: Sequence[int]) -> bool:
+    """True when the rule has ``-p`` one of ``wanted`` without ``!``."""
+    return protocol_number(ctx) in wanted and not ctx.protocol_inverted
 
 
 def hidden(option: OptionSpec) -> OptionSpec:
@@ -144,20 +166,15 @@ def parse_reject_with(word: str, ctx: ParseContext) -> str:
     raise ValueError(f"unknown reject type '{word}': use one of {names}")
 
 
-def _reject_validate(options: Mapping[str, Option], ctx: ParseContext) -> Iterable[Problem]:
+def _reject_kernel(options: Mapping[str, Option], ctx: ParseContext) -> Iterable[str]:
     opt = options.get("reject_with")
-    if opt is not None and opt.value == "tcp-reset":
-        # ipt_REJECT/ip6t_REJECT checkentry: only for '-p tcp' without '!' (the kernel refuses it
-        # at commit; 'iptables-restore --test' does not notice).
-        yield from needs_protocol(
-            ctx, (6,), "--reject-with tcp-reset needs '-p tcp' (not negated) in the same rule:"
-            " the kernel refuses the rule otherwise", "reject_with",
-        )
+    if opt is not None and opt.value == "tcp-reset" and not plain_protocol(ctx, (6,)):
+        yield "'--reject-with tcp-reset' needs '-p tcp' (not negated) in the same rule: the kernel refuses it otherwise"
 
 
 REJECT = ExtensionSpec(
     "REJECT", "target", (one("reject_with", parse_reject_with),),
-    validate=_reject_validate, terminal=True,
+    terminal=True,
     doc="Drop the packet and answer with an ICMP error or a TCP RST (filter table only).",
 )
 
@@ -302,9 +319,9 @@ NFQUEUE = ExtensionSpec(
 # ---- SYNPROXY ---------------------------------------------------------------------------------
 
 
-def _synproxy_validate(options: Mapping[str, Option], ctx: ParseContext) -> Iterable[Problem]:
-    yield from needs_protocol(ctx, (6,), "SYNPROXY needs '-p tcp' (not negated) in the same rule:"
-                              " the kernel refuses the rule otherwise")
+def _synproxy_kernel(options: Mapping[str, Option], ctx: ParseContext) -> Iterable[str]:
+    if not plain_protocol(ctx, (6,)):
+        yield "SYNPROXY needs '-p tcp' (not negated) in the same rule: the kernel refuses it otherwise"
 
 
 SYNPROXY = ExtensionSpec(
@@ -318,7 +335,6 @@ SYNPROXY = ExtensionSpec(
         one("mss", lambda w, c: parse_xt_uint(w, 0xFFFFFFFF, what="MSS") & 0xFFFF),
         flag("ecn"),
     ),
-    validate=_synproxy_validate,
     terminal=True,
     doc="Answer TCP SYNs with SYN cookies and open the connection to the server only when the handshake completes.",
 )
@@ -459,6 +475,7 @@ IDLETIMER = ExtensionSpec(
 SPECS: tuple[ExtensionSpec, ...] = (REJECT, LOG, NFLOG, NFQUEUE, SYNPROXY, TRACE, AUDIT, CHECKSUM, CLASSIFY, LED,
                                     IDLETIMER)
 _BY_NAME = {s.name: s for s in SPECS}
+KERNEL_CHECKS.update({"REJECT": _reject_kernel, "SYNPROXY": _synproxy_kernel})
 
 # ---- canonical printing -----------------------------------------------------------------------
 
