@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from natlint.extensions.spec import ExtensionSpec, ParseContext, Problem, flag, one, save_string
+from natlint.extensions.spec import ExtensionSpec, ParseContext, Problem, Validator, flag, one, save_string
 from natlint.model.ruleset import Option
 from natlint.model.values import MarkMask, PortRange, Prefix, Protocol, parse_address, parse_port
 
@@ -46,6 +46,7 @@ __all__ = [
     "xt_name_list",
     "fmt_hostmask",
     "fmt_str",
+    "fmt_save_string",
     "any_of",
     "exclusive",
     "requires",
@@ -229,11 +230,11 @@ def xt_plen(text: str, version: int, *, what: str = "prefix length") -> int:
 class HostMask(Prefix):
     """An extension address with a mask (``--ctorigsrc``, ``--tunnel-src``).
 
-    ``address`` is masked (the value the kernel compares); ``host`` is the address as written,
-    which iptables keeps and prints (``10.1.2.3/8`` stays ``10.1.2.3/8``).
+    ``address`` is masked (the value the kernel compares); ``written`` is the address as
+    written, which iptables keeps and prints (``10.1.2.3/8`` stays ``10.1.2.3/8``).
     """
 
-    host: int
+    written: int
 
     def __str__(self) -> str:
         return fmt_hostmask(self)
@@ -256,8 +257,8 @@ def fmt_hostmask(value: object) -> str:
     cls = ipaddress.IPv4Address if value.version == 4 else ipaddress.IPv6Address
     plen = value.prefix_length
     if plen == value.bits:
-        return str(cls(value.host))
-    return f"{cls(value.host)}/{plen}"
+        return str(cls(value.written))
+    return f"{cls(value.written)}/{plen}"
 
 
 # /etc/protocols (netbase) names and aliases as getprotobyname matches them (case-sensitive),
@@ -463,7 +464,7 @@ STATE = ExtensionSpec(
 # ============================================================================ marks, helper
 
 
-def _mark_validate(module: str):  # type: ignore[no-untyped-def]
+def _mark_validate(module: str) -> Validator:
     def validate(options: Mapping[str, Option], ctx: ParseContext) -> Iterable[Problem]:
         yield from any_of(options, ("mark",), f"the {module} match needs --mark VALUE[/MASK]")
 
@@ -522,7 +523,7 @@ def _fmt_connbytes(value: object) -> str:
     return str(value.first) if value.last == UINT64 else f"{value.first}:{value.last}"
 
 
-def _choice(option: str, choices: Sequence[str]):  # type: ignore[no-untyped-def]
+def _choice(option: str, choices: Sequence[str]) -> Callable[[str, ParseContext], str]:
     def parse(word: str, ctx: ParseContext) -> str:
         if word not in choices:
             raise ValueError(f"{word!r} is not a valid {option}: use {', '.join(choices)} (lower case)")
