@@ -5,6 +5,8 @@ Each ``matches_*`` / ``targets_*`` module exports ``SPECS``; this package only l
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from natlint.extensions import (
     matches_addr,
     matches_l4,
@@ -14,8 +16,6 @@ from natlint.extensions import (
     targets_mangle,
     targets_nat,
 )
-from collections.abc import Callable
-
 from natlint.extensions.spec import ExtensionSpec
 
 __all__ = ["CANONICAL", "MATCHES", "TARGETS", "IMPLICIT_BY_PROTOCOL", "ExtensionSpec", "match_spec", "target_spec"]

@@ -182,7 +182,9 @@ def _icmp_parser(table: Mapping[str, tuple[int, int | None]], what: str):  # typ
             icmp_type = parse_uint(type_text, 255, what=f"{what} type")
             icmp_code = parse_uint(code_text, 255, what=f"{what} code") if slash else None
         except ValueError:
-            raise ValueError(f"'{word}' is not a valid {what} type: use a name such as echo-request or TYPE[/CODE]") from None
+            raise ValueError(
+                f"'{word}' is not a valid {what} type: use a name such as echo-request or TYPE[/CODE]"
+            ) from None
         return IcmpType((icmp_type, icmp_code))
 
     return parse

@@ -31,6 +31,7 @@ __all__ = [
     "parse_port_range",
     "parse_port_list",
     "parse_interface",
+    "interface_name_problem",
     "parse_protocol",
     "parse_mark",
     "PROTOCOL_NAMES",
@@ -44,9 +45,13 @@ _V6_BITS = 128
 def parse_uint(text: str, maximum: int = 0xFFFFFFFF, *, what: str = "number") -> int:
     """Parse an unsigned integer like ``strtoul(text, &end, 0)`` with full consumption.
 
-    Accepts decimal, ``0x`` hex and leading-``0`` octal, as libxtables does.
+    Accepts decimal, ``0x`` hex and leading-``0`` octal, as libxtables does, and what
+    ``xtables_strtoul`` lets ``strtoumax`` skip: leading whitespace and one ``+`` (not ``-``, and
+    nothing after the digits).
     """
-    t = text.strip()
+    t = text.lstrip(" \t\n\v\f\r")
+    if t[:1] == "+":
+        t = t[1:]
     try:
         if re.fullmatch(r"0[xX][0-9a-fA-F]+", t):
             value = int(t, 16)
@@ -139,7 +144,8 @@ def _ipv6_numeric(text: str) -> int | None:
         return None
 
 
-_HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?)*\.?")
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?"
+_HOSTNAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*\.?")
 _WELL_KNOWN_HOSTS = {4: {"localhost": 0x7F000001}, 6: {"localhost": 1, "ip6-localhost": 1, "ip6-loopback": 1}}
 
 
@@ -326,13 +332,24 @@ class Interface:
 
 
 def parse_interface(text: str) -> Interface:
+    """An interface name as ``xtables_parse_interface`` accepts it: not empty, under 16 bytes.
+
+    Names the kernel can never give an interface (``a/b``, ``a b``, ``.``) are accepted, as
+    iptables does (it only prints a warning): see :func:`interface_name_problem`.
+    """
     if not text:
-        raise ValueError("an empty interface name is not valid")
-    if len(text) >= _IFNAMSIZ:
+        raise ValueError("an empty interface name is not valid (iptables: 'Empty interface is likely to be undesired')")
+    if len(text.encode("utf-8", "surrogateescape")) >= _IFNAMSIZ:
         raise ValueError(f"interface name '{text}' is longer than 15 characters")
-    if any(c in text for c in " \t\n/") or text in (".", ".."):
-        raise ValueError(f"'{text}' is not a valid interface name")
     return Interface(text)
+
+
+def interface_name_problem(name: str) -> str | None:
+    """Why no interface can have this name (the kernel's ``dev_valid_name``), or None."""
+    stem = name[:-1] if name.endswith("+") else name
+    if stem in (".", "..") or any(c == "/" or c == ":" or c.isspace() for c in stem):
+        return f"no interface can be named '{name}' (the kernel refuses '/', ':', whitespace, '.' and '..')"
+    return None
 
 
 # ---------------------------------------------------------------- protocols

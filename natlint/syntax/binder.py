@@ -9,6 +9,7 @@ the word they concern, so the reader can point at the exact column.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -18,6 +19,7 @@ from natlint.extensions.spec import ParseContext
 from natlint.model.ruleset import VERDICTS, Match, Option, Target
 from natlint.model.values import (
     Prefix,
+    interface_name_problem,
     parse_interface,
     parse_prefix_list,
     parse_protocol,
@@ -36,6 +38,7 @@ KNOWN_TARGET_NAMES = frozenset({
     "SET", "SNAT", "SNPT", "SYNPROXY", "TCPMSS", "TCPOPTSTRIP", "TEE", "TOS", "TPROXY", "TRACE",
     "TTL", "ULOG", "TARPIT", "CHAOS", "DELUDE", "ECHO", "IPMARK", "LOGMARK", "SYSRQ", "DHCPMAC",
 })
+_MODULE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,28}")
 # Match names that load another module (iptables' "real name" / revision aliases).
 MODULE_ALIASES: dict[str, str] = {"icmpv6": "icmp6", "ipv6-icmp": "icmp6"}
 
@@ -60,6 +63,9 @@ class BindProblem:
     message: str
     word: int | None  # index of the word it concerns, None: the whole line
     severity: Literal["error", "warning", "info"] = "error"
+    # Found after iptables' option loop (addresses, an extension's final check, no command):
+    # a line that the other family's flag makes iptables-restore skip never gets there.
+    final: bool = False
 
 
 @dataclass(slots=True)
@@ -97,9 +103,18 @@ def _spelling(item: Item, words: Sequence[str]) -> str:
     return words[item.at]
 
 
-def bind(items: Sequence[Item], words: Sequence[str], columns: Sequence[int], family: int) -> Bound:
+def bind(
+    items: Sequence[Item], words: Sequence[str], columns: Sequence[int], family: int, *, skip_at: int | None = None
+) -> Bound:
+    """Bind a line's items. ``skip_at``: the word index of a ``-6`` (``-4`` in ip6tables) that
+    makes iptables-restore skip the line; only the items before it are processed, as getopt does."""
     out = Bound()
     problems = out.problems
+    other = ("-6", "--ipv6") if family == 4 else ("-4", "--ipv4")
+    if skip_at is None and (other[0] in words or other[1] in words):
+        skip_at = next((it.at for it in items if it.name == ("ipv6" if family == 4 else "ipv4")), None)
+    if skip_at is not None:
+        items = [it for it in items if it.at < skip_at]
     exts: list[_Ext] = []  # in load order; the target (if any) is in here too
     target_ext: _Ext | None = None
     target_name: str | None = None
@@ -107,19 +122,16 @@ def bind(items: Sequence[Item], words: Sequence[str], columns: Sequence[int], fa
     target_at = 0
     unknown_modules: list[_Ext] = []
 
-    def err(message: str, word: int | None, code: Literal["NL001", "NL002"] = "NL001") -> None:
-        problems.append(BindProblem(code, message, word))
+    def err(message: str, word: int | None, code: Literal["NL001", "NL002"] = "NL001", final: bool = False) -> None:
+        problems.append(BindProblem(code, message, word, final=final))
 
-    # A line with the other family's flag is skipped silently by iptables-restore.
-    names = {it.name for it in items}
-    if ("ipv6" in names and family == 4) or ("ipv4" in names and family == 6):
+    # A line with the other family's flag is skipped silently by iptables-restore: getopt has
+    # processed the options before the flag (their errors count), nothing after it.
+    if skip_at is not None:
         flag = "-6" if family == 4 else "-4"
-        kind = "iptables" if family == 4 else "ip6tables"
+        tool = "iptables" if family == 4 else "ip6tables"
         problems.append(BindProblem(
-            "NL006",
-            f"{kind}-restore silently skips a line with {flag}: this rule is not loaded",
-            next(it.at for it in items if it.name in ("ipv6", "ipv4")),
-            "warning",
+            "NL006", f"{tool}-restore silently skips a line with {flag}: this rule is not loaded", skip_at, "warning",
         ))
         out.skipped = True
 
@@ -146,6 +158,10 @@ def bind(items: Sequence[Item], words: Sequence[str], columns: Sequence[int], fa
             module = words[item.args[0]]
             real = MODULE_ALIASES.get(module, module)
             spec = MATCHES.get(real)
+            if spec is None and not _MODULE_NAME.fullmatch(module):
+                # iptables loads libxt_NAME.so: such a name can never exist.
+                err(f"there is no match module named {module!r}", item.args[0])
+                continue
             ext = _Ext(real, spec, item.at)
             exts.append(ext)
             if spec is None:
@@ -198,7 +214,7 @@ def bind(items: Sequence[Item], words: Sequence[str], columns: Sequence[int], fa
             owner.items.append((name, item))
 
     if out.command is None:
-        err("this line has no command: a rule line starts with -A CHAIN (or -I, -D, -N, -P...)", None)
+        err("this line has no command: a rule line starts with -A CHAIN (or -I, -D, -N, -P...)", None, final=True)
 
     ctx = _core(out, family, err)
     matches: list[Match] = []
@@ -207,7 +223,9 @@ def bind(items: Sequence[Item], words: Sequence[str], columns: Sequence[int], fa
         if ext is target_ext:
             continue
         assert isinstance(built, tuple)
-        matches.append(Match(ext.name, built, known=ext.spec is not None, implicit=ext.implicit, column=columns[ext.at]))
+        matches.append(
+            Match(ext.name, built, known=ext.spec is not None, implicit=ext.implicit, column=columns[ext.at])
+        )
         if ext.spec is None:
             problems.append(BindProblem(
                 "NL004", f"natlint does not model the '{ext.name}' match: rules using it are analysed as"
@@ -229,8 +247,10 @@ def bind(items: Sequence[Item], words: Sequence[str], columns: Sequence[int], fa
             options = ()
             kind = "verdict" if target_name in VERDICTS else "chain"
             if target_goto and target_name in VERDICTS:
-                err(f"-g needs a user chain, not {target_name}", target_at)
+                err(f"-g needs a user chain, not {target_name}", target_at, final=True)
         out.target = Target(target_name, kind, options, target_goto, columns[target_at])
+    if out.skipped:
+        out.problems[:] = [p for p in problems if not p.final]
     return out
 
 
@@ -241,13 +261,14 @@ def _hint(spelling: str) -> str:
 
 
 def _implicit_match(out: Bound, exts: list[_Ext], name: str) -> _Ext | None:
+    # iptables loads the protocol's match even for '! -p tcp' (the rule then never matches).
     proto = out.core.get("protocol")
-    if proto is None or proto.invert:
+    if proto is None:
         return None
-    module = IMPLICIT_BY_PROTOCOL.get(proto.values[0].lower()) if proto.values else None
+    module = IMPLICIT_BY_PROTOCOL.get(str(proto.values[0]).lower()) if proto.values else None
     if module is None:
         try:
-            module = IMPLICIT_BY_PROTOCOL.get(parse_protocol(proto.values[0]).name)
+            module = IMPLICIT_BY_PROTOCOL.get(parse_protocol(str(proto.values[0])).name)
         except ValueError:
             return None
     spec = MATCHES.get(module) if module else None
@@ -269,7 +290,8 @@ def _orphan_message(name: str, spelling: str, proto: Option | None) -> str:
         return (f"'{spelling}' needs a protocol: add '-p {owners[0] if owners[0] != 'icmp6' else 'ipv6-icmp'}'"
                 f" (or '-m {owners[0]}') before it")
     listed = ", ".join(owners)
-    return f"'{spelling}' belongs to {listed}, which this rule does not load before it (add '-m {owners[0]}' or '-j {owners[0]}')"
+    return (f"'{spelling}' belongs to {listed}, which this rule does not load before it"
+            f" (add '-m {owners[0]}' or '-j {owners[0]}')")
 
 
 def _core(out: Bound, family: int, err) -> ParseContext:  # type: ignore[no-untyped-def]
@@ -295,16 +317,22 @@ def _core(out: Bound, family: int, err) -> ParseContext:  # type: ignore[no-unty
         try:
             prefixes = parse_prefix_list(str(opt.values[0]), family)
         except ValueError as exc:
-            err(str(exc), out.core_at[key], "NL002")
+            err(str(exc), out.core_at[key], "NL002", final=True)
             del core[key]
             continue
-        if len(prefixes) > 1 and opt.invert:
-            err("'!' is not allowed with several addresses: write one rule per address", out.core_at[key])
+        if opt.invert and any(p.mask == 0 for p in prefixes):
+            err(f"'! {_CORE[key]} {opt.values[0]}' matches no packet at all: iptables-nft refuses the rule"
+                " ('RULE_APPEND failed (Invalid argument)'; legacy loads a rule that never matches)."
+                " Delete the rule", out.core_at[key], "NL002", final=True)
         if key == "source":
             out.sources = prefixes
         else:
             out.destinations = prefixes
         core[key] = Option(key, (prefixes[0],), opt.invert, opt.column)
+    negated = [k for k in ("source", "destination") if k in core and core[k].invert]
+    if (len(out.sources) > 1 or len(out.destinations) > 1) and negated:
+        err("'!' is not allowed when -s or -d lists several addresses (iptables: '! not allowed with multiple"
+            " source or destination IP addresses'): write one rule per address", out.core_at[negated[0]], final=True)
     for key in ("in_interface", "out_interface"):
         opt = core.get(key)
         if opt is None:
@@ -314,6 +342,12 @@ def _core(out: Bound, family: int, err) -> ParseContext:  # type: ignore[no-unty
         except ValueError as exc:
             err(str(exc), out.core_at[key], "NL002")
             del core[key]
+            continue
+        weird = interface_name_problem(str(opt.values[0]))
+        if weird is not None:
+            never = "always" if opt.invert else "never"
+            problem = BindProblem("NL002", f"{weird}: this test {never} matches", out.core_at[key], "warning")
+            out.problems.append(problem)
     if "fragment" in core and family == 6:
         err("-f is for IPv4 only: use '-m frag' in ip6tables", out.core_at['fragment'])
     return ParseContext(family, protocol, inverted)
@@ -347,5 +381,5 @@ def _build_extension(
     if ext.spec is not None and ext.spec.validate is not None:
         for problem in ext.spec.validate(options, ctx):
             at = where.get(problem.option, ext.at) if problem.option else ext.at
-            problems.append(BindProblem(problem.code, problem.message, at))
+            problems.append(BindProblem(problem.code, problem.message, at, final=True))
     return tuple(options.values())

@@ -157,11 +157,11 @@ def _parse_shape(shape: tuple[str, ...]) -> tuple[Item, ...] | LineSyntaxError:
         tok = exc.token
         if tok.type == "$END":
             return LineSyntaxError(_expected_message(exc.expected), None)
-        index = offsets.get(tok.start_pos or 0)
-        return LineSyntaxError(_unexpected_message(shape, index), index)
+        at = offsets.get(tok.start_pos or 0)
+        return LineSyntaxError(_unexpected_message(shape, at), at)
     except UnexpectedCharacters as exc:
-        index = _index_at(offsets, exc.pos_in_stream)
-        return LineSyntaxError(_unexpected_message(shape, index), index)
+        at = _index_at(offsets, exc.pos_in_stream or 0)
+        return LineSyntaxError(_unexpected_message(shape, at), at)
     except UnexpectedInput as exc:  # pragma: no cover - other lark errors
         return LineSyntaxError(str(exc).splitlines()[0], None)
 

@@ -18,9 +18,21 @@ from typing import Literal
 
 from natlint.extensions import IMPLICIT_BY_PROTOCOL, MATCHES, TARGETS
 from natlint.findings import Finding, Severity
-from natlint.model.ruleset import BUILTIN_CHAINS, TABLES, VERDICTS, Chain, Family, Option, Rule, Ruleset, SourcePos, Table
+from natlint.model.ruleset import (
+    BUILTIN_CHAINS,
+    TABLES,
+    VERDICTS,
+    Chain,
+    Family,
+    Option,
+    Rule,
+    Ruleset,
+    SourcePos,
+    Table,
+)
+from natlint.model.values import parse_uint
 from natlint.syntax.binder import KNOWN_TARGET_NAMES, MODULE_ALIASES, Bound, bind
-from natlint.syntax.grammar import COMMANDS, SPELLINGS, LineSyntaxError, parse_words
+from natlint.syntax.grammar import COMMANDS, SPELLINGS, Item, LineSyntaxError, parse_words
 from natlint.syntax.tokenize import Word, split_words
 
 __all__ = ["read", "detect_family", "MAX_LINE_BYTES"]
@@ -28,6 +40,16 @@ __all__ = ["read", "detect_family", "MAX_LINE_BYTES"]
 # iptables-restore reads lines with fgets() into a 10240-byte buffer; a longer line is cut
 # in two and both halves fail to parse.
 MAX_LINE_BYTES = 10239
+# add_param_to_argv() collects a word in a 1024-byte buffer ("Parameter too long!"), and
+# add_argv() takes at most 251 words after the program name and "-t TABLE" (measured on 1.8.9).
+MAX_WORD_BYTES = 1024
+MAX_WORDS = 251
+# The fields of '*table' and ':chain' lines: strtok(" \t\n") (a CR or a vertical tab stays in).
+_TOKEN = re.compile(r"[^ \t\n]+")
+# Options whose free-text value may end in a CR without iptables-restore failing.
+_CR_TOLERANT = frozenset({
+    "comment", "log_prefix", "nflog_prefix", "in_interface", "out_interface", "physdev_in", "physdev_out",
+})
 _MAX_CHAIN_NAME = 28
 _OPTION_WORD = re.compile(r"--[A-Za-z0-9][A-Za-z0-9_.+-]*")
 _COUNTERS = re.compile(r"\[(\d+):(\d+)\]")
@@ -65,15 +87,30 @@ class _TableBuilder:
 
 
 class _Reader:
-    def __init__(self, path: str, family: Family, lines: list[str]) -> None:
+    def __init__(
+        self,
+        path: str,
+        family: Family,
+        lines: list[str],
+        *,
+        bom: bool = False,
+        line_bytes: list[int] | None = None,
+        ends_with_newline: bool = True,
+    ) -> None:
+        self.ends_with_newline = ends_with_newline
+        self.newline = True  # the current line ends with a newline in the file
         self.path = path
         self.family = family
         self.lines = lines
+        self.bom = bom
+        self.line_bytes = line_bytes  # each line's length in the original bytes, when read from bytes
+        self.crlf_reported = False
         self.findings: list[Finding] = []
         self.tables: dict[str, Table] = {}
         self.table_lines: dict[str, int] = {}
         self.current: _TableBuilder | None = None
-        self._abbrev_cache: dict[tuple[str, frozenset[str]], str | tuple[str, ...] | None] = {}
+        self._abbrev_cache: dict[tuple[str, tuple[str, ...], str | None, bool], str | tuple[str, ...] | None] = {}
+        self._allowed_cache: dict[tuple[str, ...], frozenset[str]] = {}
 
     # ---- findings -------------------------------------------------------------------------
     def report(
@@ -87,37 +124,59 @@ class _Reader:
     ) -> None:
         table = self.current.name if self.current is not None else None
         source = self.lines[line - 1] if 0 < line <= len(self.lines) else None
-        self.findings.append(Finding(code, severity, message, self.path, line, column, table, chain, source_line=source))
+        self.findings.append(
+            Finding(code, severity, message, self.path, line, column, table, chain, source_line=source)
+        )
 
     # ---- the dispatcher ---------------------------------------------------------------------
     def run(self) -> None:
-        crlf_reported = False
+        if self.bom:
+            self.report(
+                "NL003",
+                "the file starts with a UTF-8 byte order mark (BOM): iptables-restore does not skip it and"
+                " fails on line 1. Save the file without BOM",
+                1, 1,
+            )
+        last = len(self.lines)
         for lineno, raw in enumerate(self.lines, 1):
             line = raw
-            if line.endswith("\r"):
+            self.newline = lineno < last or self.ends_with_newline
+            cr = line.endswith("\r")
+            if cr:
                 line = line.rstrip("\r")
-                if not crlf_reported:
-                    crlf_reported = True
-                    self.report(
-                        "NL003",
-                        "this file has Windows (CRLF) line ends: iptables-restore fails on them"
-                        " (\"Bad argument 'COMMIT'\"). Convert it with 'dos2unix' or 'sed -i s/\\r$//'",
-                        lineno, len(line) + 1,
-                    )
             if "\x00" in line:
+                # iptables-restore reads lines with fgets() and then treats them as C strings:
+                # whatever follows a NUL byte is never seen.
                 cut = line.index("\x00")
-                self.report("NL001", "this line contains a NUL byte: iptables-restore ignores everything after it", lineno, cut + 1)
                 line = line[:cut]
-            if len(line) > MAX_LINE_BYTES // 4 and len(line.encode("utf-8", "replace")) > MAX_LINE_BYTES:
+                self.newline = False
+                cr = False
+                if line and not line.isspace():
+                    self.report("NL006", "this line contains a NUL byte: iptables-restore ignores everything"
+                                " after it", lineno, cut + 1, "warning")
+                else:
+                    self.blank_line(lineno, cut + 1, "a line that starts with a NUL byte")
+                    continue
+            size = self.line_bytes[lineno - 1] if self.line_bytes is not None else None
+            if size is None and len(line) > MAX_LINE_BYTES // 4:
+                size = len(raw.encode("utf-8", "replace"))
+            if size is not None and size > MAX_LINE_BYTES:
                 self.report(
                     "NL001",
                     f"this line is longer than {MAX_LINE_BYTES} bytes: iptables-restore reads it in"
                     " pieces and fails. Split the rule or shorten its comment",
                     lineno, MAX_LINE_BYTES + 1,
                 )
-            self.dispatch(line, lineno)
+            if not line and not cr:
+                continue
+            if not line or line.isspace():
+                if cr:
+                    self.crlf(lineno, len(line) + 1)
+                    continue
+                self.blank_line(lineno, 1, "a line of only spaces or tabs")
+                continue
+            self.dispatch(line, lineno, raw if cr else None)
         if self.current is not None:
-            last = len(self.lines)
             self.report(
                 "NL003",
                 f"table '{self.current.name}' (line {self.current.pos.line}) has no COMMIT: iptables-restore"
@@ -126,15 +185,35 @@ class _Reader:
             )
             self.commit(max(last, 1))
 
-    def dispatch(self, line: str, lineno: int) -> None:
-        if not line or line.isspace():
+    def blank_line(self, lineno: int, column: int, what: str) -> None:
+        # Only a line that is exactly empty is skipped; iptables-restore parses any other line
+        # (inside a table as a command with no words, "no command specified"; outside as
+        # "line N failed").
+        self.report("NL001", f"{what}: iptables-restore fails on it (only a truly empty line is skipped)."
+                    " Delete the whitespace", lineno, column)
+
+    def crlf(self, lineno: int, column: int) -> None:
+        """Report the Windows line ends once, at the first line where iptables-restore trips on the CR."""
+        if self.crlf_reported:
             return
+        self.crlf_reported = True
+        self.report(
+            "NL003",
+            "this file has Windows (CRLF) line ends and iptables-restore fails on this line: it keeps the"
+            " CR as part of the last word. Convert the file with 'dos2unix' or 'sed -i s/\\r$//'",
+            lineno, column,
+        )
+
+    def dispatch(self, line: str, lineno: int, raw: str | None = None) -> None:
+        """One line without its CR; ``raw`` is the line with its CR when it had one."""
         first = line[0]
         if first == "#":
             return
         cur = self.current
         if cur is not None and line.startswith("COMMIT"):
             if line == "COMMIT":
+                if raw is not None:
+                    self.crlf(lineno, 7)
                 self.commit(lineno)
                 return
             if line.rstrip(" \t") == "COMMIT":
@@ -147,6 +226,10 @@ class _Reader:
                 self.commit(lineno)
                 return
         if first == "*":
+            if raw is not None:
+                name = _TOKEN.search(raw, 1)
+                if name is None or "\r" in name.group():
+                    self.crlf(lineno, len(line) + 1)  # "table name 'filter\r' invalid"
             self.start_table(line, lineno)
             return
         if cur is None:
@@ -158,8 +241,12 @@ class _Reader:
             )
             return
         if first == ":":
+            if raw is not None and self.chain_line_cr_fatal(raw):
+                self.crlf(lineno, len(line) + 1)
             self.declare_chain(line, lineno)
             return
+        if raw is not None and not self.crlf_reported and self.rule_line_cr_fatal(raw):
+            self.crlf(lineno, len(line) + 1)
         self.rule_line(line, lineno)
 
     # ---- tables -------------------------------------------------------------------------------
@@ -172,7 +259,7 @@ class _Reader:
                 lineno,
             )
             self.commit(lineno)
-        parts = line[1:].split(None, 1)
+        parts = _TOKEN.findall(line, 1)
         name = parts[0] if parts else ""
         valid = name in TABLES
         if not valid:
@@ -212,19 +299,22 @@ class _Reader:
     def declare_chain(self, line: str, lineno: int) -> None:
         cur = self.current
         assert cur is not None
-        parts = line[1:].split()
+        parts = _TOKEN.findall(line, 1)
         if not parts:
             self.report("NL001", "a chain line needs a name: ':NAME POLICY [packets:bytes]'", lineno, 2)
             return
         name = parts[0]
         policy = parts[1] if len(parts) > 1 else None
-        if not self.valid_chain_name(name, lineno, 2):
+        if not self.valid_chain_name(name, lineno, 2, declared=True):
             return
         counters = None
         if len(parts) > 2:
             m = _COUNTERS.fullmatch(parts[2])
             if m is None:
-                self.report("NL001", f"'{parts[2]}' is not a counter pair: write [packets:bytes]", lineno, line.index(parts[2]) + 1)
+                # Only 'iptables-restore -c' reads these (and then only for built-in chains).
+                self.report("NL002", f"'{parts[2]}' is not a counter pair: iptables-restore ignores it, but"
+                            " 'iptables-restore -c' fails. Write [packets:bytes]",
+                            lineno, line.index(parts[2]) + 1, "warning")
             else:
                 counters = (int(m.group(1)), int(m.group(2)))
         if policy is None:
@@ -259,17 +349,27 @@ class _Reader:
             return
         cur.chains[name] = _ChainBuilder(name, False, None, SourcePos(self.path, lineno, 1))
 
-    def valid_chain_name(self, name: str, lineno: int, column: int) -> bool:
-        if len(name) > _MAX_CHAIN_NAME:
-            self.report("NL002", f"chain name '{name}' is {len(name)} characters long: at most"
+    def valid_chain_name(self, name: str, lineno: int, column: int, *, declared: bool = False) -> bool:
+        """iptables' assert_valid_chain_name(). A ':NAME' line only looks up the targets already
+        loaded (the standard verdicts), '-N NAME' loads the extension of that name."""
+        size = len(name.encode("utf-8", "surrogateescape"))
+        if size > _MAX_CHAIN_NAME:
+            self.report("NL002", f"chain name '{name}' is {size} characters long: at most"
                         f" {_MAX_CHAIN_NAME} are allowed", lineno, column)
             return False
-        if name[0] in "-!":
-            self.report("NL002", f"chain name '{name}' cannot start with '{name[0]}'", lineno, column)
+        if not name or name[0] in "-!":
+            self.report("NL002", f"chain name '{name}' cannot start with '{name[:1]}'", lineno, column)
             return False
-        if name in VERDICTS or name in TARGETS or name in KNOWN_TARGET_NAMES:
+        if name in VERDICTS or (not declared and (name in TARGETS or name in KNOWN_TARGET_NAMES)):
             self.report("NL002", f"'{name}' is the name of a target and cannot be a chain name", lineno, column)
             return False
+        if any(c.isspace() for c in name if c.isascii()):
+            self.report("NL002", f"chain name {name!r} contains whitespace: iptables refuses it ('Invalid chain"
+                        " name')", lineno, column)
+            return False
+        if name in TARGETS or name in KNOWN_TARGET_NAMES:
+            self.report("NL002", f"chain '{name}' has the name of a target: '-j {name}' reaches the {name} target,"
+                        f" never this chain, and '-N {name}' is refused. Rename the chain", lineno, column, "warning")
         return True
 
     # ---- rule lines ---------------------------------------------------------------------------
@@ -279,28 +379,50 @@ class _Reader:
         offset = 0
         counters = None
         if line[0] == "[":
-            end = line.find("]")
-            m = _COUNTERS.fullmatch(line[: end + 1]) if end > 0 else None
-            if m is None:
-                self.report("NL001", "bad counters at the start of the line: write [packets:bytes]", lineno, 1)
+            prefix = _rule_counters(line)
+            if isinstance(prefix, str):
+                self.report("NL001", f"bad counters at the start of the line ({prefix}): write [packets:bytes]",
+                            lineno, 1)
                 return
-            counters = (int(m.group(1)), int(m.group(2)))
-            offset = end + 1
-        words = split_words(line[offset:] if offset else line)
+            offset, cut, packets, nbytes = prefix
+            if cut is not None:
+                self.report("NL006", "the counters prefix has no ':' before its ']': iptables-restore cuts this"
+                            f" line at column {cut + 1} and loads only what comes before", lineno, cut + 1, "warning")
+                line = line[:cut]
+            try:
+                counters = (parse_uint(packets, 2**64 - 1), parse_uint(nbytes, 2**64 - 1))
+            except ValueError:
+                self.report("NL002", f"'[{packets}:{nbytes}]' are not counters: iptables-restore ignores them, but"
+                            " 'iptables-restore -c' fails. Write [packets:bytes]", lineno, 1, "warning")
+        words = split_words(line[offset:] if offset else line, newline=self.newline)
         if offset:
             words = [Word(w.text, w.column + offset, w.quoted) for w in words]
         if not words:
             self.report("NL001", "this line has no command", lineno, 1)
             return
+        if len(words) > MAX_WORDS:
+            self.report("NL001", f"this line has {len(words)} words: iptables-restore handles at most {MAX_WORDS}"
+                        " ('Parser cannot handle more arguments'). Split the rule", lineno, words[MAX_WORDS].column + 1)
+            return
+        for w in words if len(line) >= MAX_WORD_BYTES // 4 else ():
+            if len(w.text) >= MAX_WORD_BYTES // 4 and len(w.text.encode("utf-8", "surrogateescape")) >= MAX_WORD_BYTES:
+                self.report("NL001", f"this word is {len(w.text.encode('utf-8', 'surrogateescape'))} bytes long:"
+                            f" iptables-restore takes words of at most {MAX_WORD_BYTES - 1} ('Parameter too long!')",
+                            lineno, w.column + 1)
+                return
         texts = [w.text for w in words]
         columns = [w.column for w in words]
         if not self.expand_abbreviations(texts, columns, lineno):
             return
+        skip_at: int | None = None
         try:
             items = parse_words(texts)
         except LineSyntaxError as exc:
-            repaired = self.repair_negation(texts)
-            if repaired is not None:
+            skipped = self.skipped_prefix(texts, exc.word)
+            repaired = self.repair_negation(texts) if skipped is None else None
+            if skipped is not None:
+                skip_at, items = skipped
+            elif repaired is not None:
                 texts, items, bang = repaired
                 self.report(
                     "NL001",
@@ -312,7 +434,7 @@ class _Reader:
                 col = columns[exc.word] + 1 if exc.word is not None else len(line) + 1
                 self.report("NL001", exc.message, lineno, col)
                 return
-        bound = bind(items, texts, columns, self.family)
+        bound = bind(items, texts, columns, self.family, skip_at=skip_at)
         for problem in bound.problems:
             col = columns[problem.word] + 1 if problem.word is not None and problem.word < len(columns) else 1
             self.report(problem.code, problem.message, lineno, col, problem.severity)
@@ -322,46 +444,130 @@ class _Reader:
             bound.counters = counters
         self.apply(bound, SourcePos(self.path, lineno, 1), line, columns, lineno)
 
-    def expand_abbreviations(self, texts: list[str], columns: list[int], lineno: int) -> bool:
-        """Expand getopt unique-prefix abbreviations (``--dp`` -> ``--dport``) in place."""
-        unknown = [i for i, w in enumerate(texts) if w[:2] == "--" and w not in SPELLINGS and _OPTION_WORD.fullmatch(w)]
-        if not unknown:
+    def skipped_prefix(self, texts: list[str], error_at: int | None) -> tuple[int, tuple[Item, ...]] | None:
+        """A line that does not parse may still be skipped whole by iptables-restore: getopt stops
+        at the other family's flag (``-6`` in iptables), so an error after it never happens.
+        Returns the flag's word index and the items before it."""
+        flags = ("-6", "--ipv6") if self.family == 4 else ("-4", "--ipv4")
+        for j, word in enumerate(texts):
+            if word not in flags or (error_at is not None and j > error_at):
+                continue
+            try:
+                return j, parse_words(texts[:j])
+            except LineSyntaxError as exc:
+                if exc.word is not None:
+                    return None  # an error before the flag: iptables-restore meets it first
+                # the prefix ends inside an option: this word is that option's argument
+        return None
+
+    def rule_line_cr_fatal(self, raw: str) -> bool:
+        """Whether iptables-restore fails on this rule line because of its trailing CR.
+
+        It keeps the CR in the line's last word. That is harmless only in a free-text value
+        (a comment, a log prefix, an interface name); a CR alone (after a space or a closing
+        quote), in an option name, a number, a chain or a target name makes the line fail.
+        """
+        words = split_words(raw[raw.find("]") + 1:] if raw[0] == "[" else raw)
+        if not words or words[-1].text.strip("\r") == "":
             return True
-        modules: set[str] = set()
-        for i, w in enumerate(texts[:-1]):
+        texts = [w.text for w in words]
+        try:
+            items = parse_words(texts)
+        except LineSyntaxError:
+            return True
+        last = len(texts) - 1
+        owner = next((it for it in items if last in it.args), None)
+        if owner is None or owner.name not in _CR_TOLERANT:
+            return True
+        bound = bind(items, texts, [w.column for w in words], self.family)
+        return not bound.ok
+
+    def chain_line_cr_fatal(self, raw: str) -> bool:
+        cur = self.current
+        parts = _TOKEN.findall(raw, 1)
+        if not parts or "\r" in parts[0]:
+            return True  # "Invalid chain name"
+        builtin = cur is not None and cur.valid and parts[0] in BUILTIN_CHAINS[cur.name]
+        return builtin and len(parts) > 1 and "\r" in parts[1]  # "Bad policy name"
+
+    def expand_abbreviations(self, texts: list[str], columns: list[int], lineno: int) -> bool:
+        """Expand getopt unique-prefix abbreviations (``--dp`` -> ``--dport``) in place.
+
+        As in iptables, the option table grows while the line is read: at a word, it holds the
+        core options and those of the modules loaded by ``-m``/``-j`` before that word. Only an
+        option unknown there makes iptables load the protocol's match (``-p tcp``) and look again.
+        An exact name always wins over an abbreviation.
+        """
+        if not any(w[:2] == "--" and _OPTION_WORD.fullmatch(w) for w in texts):
+            return True
+        loaded: tuple[str, ...] = ()
+        proto_module: str | None = None
+        opaque = False  # a module natlint has no spec for is loaded: its options are unknown
+        allowed = self._allowed(loaded)
+        for i, w in enumerate(texts):
+            if w[:2] == "--" and SPELLINGS.get(w) not in allowed and _OPTION_WORD.fullmatch(w):
+                found = self._resolve(w, loaded, proto_module, opaque)
+                if isinstance(found, str):
+                    texts[i] = w = found
+                elif isinstance(found, tuple):
+                    self.report("NL001", f"'{texts[i]}' is ambiguous: it abbreviates " + " and ".join(found)
+                                + ". Write the option in full", lineno, columns[i] + 1)
+                    return False
+            if i + 1 >= len(texts):
+                break
             nxt = texts[i + 1]
-            if w in ("-m", "--match"):
-                modules.add(MODULE_ALIASES.get(nxt, nxt))
+            if w in ("-m", "--match") or w in ("-j", "--jump"):
+                name = MODULE_ALIASES.get(nxt, nxt)
+                if MATCHES.get(name) if w in ("-m", "--match") else TARGETS.get(name):
+                    loaded += (name,)
+                    allowed = self._allowed(loaded)
+                elif w in ("-m", "--match") or name in KNOWN_TARGET_NAMES:
+                    opaque = True
             elif w in ("-p", "--protocol"):
-                implicit = IMPLICIT_BY_PROTOCOL.get(nxt.lower())
-                if implicit:
-                    modules.add(implicit)
-            elif w in ("-j", "--jump"):
-                modules.add(nxt)
-        key_modules = frozenset(modules)
-        for i in unknown:
-            key = (texts[i], key_modules)
-            if key not in self._abbrev_cache:
-                allowed = set(_CORE_NAMES) | set(COMMANDS)
-                for mod in modules:
-                    spec = MATCHES.get(mod) or TARGETS.get(mod)
-                    if spec is not None:
-                        allowed.update(spec.option_index)
-                hits = {alias: s for s, alias in SPELLINGS.items() if s.startswith(texts[i]) and alias in allowed}
-                if len(hits) == 1:
-                    self._abbrev_cache[key] = next(iter(hits.values()))
-                elif len(hits) > 1:
-                    self._abbrev_cache[key] = tuple(sorted(hits.values()))
-                else:
-                    self._abbrev_cache[key] = None
-            found = self._abbrev_cache[key]
-            if isinstance(found, str):
-                texts[i] = found
-            elif isinstance(found, tuple):
-                self.report("NL001", f"'{texts[i]}' is ambiguous: it abbreviates " + " and ".join(found)
-                            + ". Write the option in full", lineno, columns[i] + 1)
-                return False
+                proto_module = IMPLICIT_BY_PROTOCOL.get(nxt.lower())
         return True
+
+    def _allowed(self, loaded: tuple[str, ...]) -> frozenset[str]:
+        """The option names getopt knows once the modules ``loaded`` are."""
+        found = self._allowed_cache.get(loaded)
+        if found is None:
+            names = set(_CORE_NAMES) | set(COMMANDS)
+            for mod in loaded:
+                spec = MATCHES.get(mod) or TARGETS.get(mod)
+                if spec is not None:
+                    names.update(spec.option_index)
+            found = self._allowed_cache[loaded] = frozenset(names)
+        return found
+
+    def _resolve(
+        self, word: str, loaded: tuple[str, ...], proto_module: str | None, opaque: bool
+    ) -> str | tuple[str, ...] | None:
+        """The full spelling ``word`` abbreviates (None: leave it), or the candidates if ambiguous."""
+        key = (word, loaded, proto_module, opaque)
+        if key in self._abbrev_cache:
+            return self._abbrev_cache[key]
+        allowed = set(self._allowed(loaded))
+        result: str | tuple[str, ...] | None = None
+        for extra in ((), (proto_module,) if proto_module and proto_module not in loaded else None):
+            if extra is None:
+                break
+            for mod in extra:
+                spec = MATCHES.get(mod)
+                if spec is not None:
+                    allowed.update(spec.option_index)
+            if SPELLINGS.get(word) in allowed:
+                break  # an exact option name
+            hits = {alias: sp for sp, alias in SPELLINGS.items() if sp.startswith(word) and alias in allowed}
+            if len(hits) == 1:
+                result = next(iter(hits.values()))
+                break
+            if len(hits) > 1:
+                result = tuple(sorted(hits.values()))
+                break
+        if word in SPELLINGS and opaque and isinstance(result, tuple):
+            result = None  # may be an option of the module natlint does not know
+        self._abbrev_cache[key] = result
+        return result
 
     @staticmethod
     def repair_negation(texts: list[str]) -> tuple[list[str], tuple, int] | None:  # type: ignore[type-arg]
@@ -404,6 +610,14 @@ class _Reader:
         col = columns[bound.command_at] + 1
         argcol = columns[bound.command_at + 1] + 1 if bound.command_at + 1 < len(columns) else col
         pending = _PendingRule(bound, pos, line, columns)
+        target = bound.target
+        if cmd in ("append", "insert", "replace") and target is not None and target.kind == "chain":
+            called = cur.chains.get(target.name)
+            if called is not None and called.builtin:
+                how = "-g" if target.goto else "-j"
+                self.report("NL003", f"'{how} {target.name}' jumps to a built-in chain: only user chains can be"
+                            " jumped to (the kernel refuses: 'Operation not supported')", lineno, target.column + 1)
+                return
         if cmd == "append":
             chain = self.chain_for(args[0], lineno, argcol)
             if chain is not None:
@@ -417,7 +631,7 @@ class _Reader:
                                 f" {len(chain.rules)} rules here", lineno, col)
                 else:
                     chain.rules.insert(index - 1, pending)
-        elif cmd in ("delete", "replace"):
+        elif cmd in ("delete", "replace", "check"):
             chain = self.chain_for(args[0], lineno, argcol, create=False)
             if chain is None:
                 return
@@ -435,12 +649,14 @@ class _Reader:
             if cmd == "replace":
                 return
             key = _spec_key(bound)
-            for i, other in enumerate(chain.rules):
-                if _spec_key(other.bound) == key:
-                    del chain.rules[i]
+            for i, existing_rule in enumerate(chain.rules):
+                if _spec_key(existing_rule.bound) == key:
+                    if cmd == "delete":
+                        del chain.rules[i]
                     return
-            self.report("NL002", f"'-D {args[0]}' deletes nothing: no rule in '{args[0]}' has this"
-                        " specification (iptables-restore fails here)", lineno, col)
+            what = "deletes nothing" if cmd == "delete" else "finds nothing"
+            self.report("NL002", f"'{words_of(line, columns, bound.command_at)}' {what}: no rule in '{args[0]}'"
+                        " has this specification here (iptables-restore fails: 'Bad rule')", lineno, col)
         elif cmd == "new_chain":
             if self.valid_chain_name(args[0], lineno, argcol):
                 if args[0] in cur.chains:
@@ -453,10 +669,23 @@ class _Reader:
                 existing = cur.chains.get(name)
                 if existing is None or existing.builtin:
                     self.report("NL003", f"'-X {name}': no such user chain", lineno, argcol)
-                else:
-                    del cur.chains[name]
+                    continue
+                users = [c.name for c in cur.chains.values() for r in c.rules
+                         if c.name != name and r.bound.target is not None and r.bound.target.name == name]
+                if users or (args and existing.rules):
+                    why = (f"rules in {', '.join(sorted(set(users)))} still jump to it" if users
+                           else f"it still has {len(existing.rules)} rule(s): flush it first with '-F {name}'")
+                    self.report("NL003", f"'-X {name}' fails: {why} (the kernel answers 'Device or resource"
+                                " busy')", lineno, argcol)
+                    continue
+                del cur.chains[name]
         elif cmd == "flush":
-            targets = [cur.chains[a] for a in args if a in cur.chains] if args else list(cur.chains.values())
+            missing = [a for a in args if a not in cur.chains]
+            if missing:
+                self.report("NL003", f"'-F {missing[0]}': chain '{missing[0]}' does not exist in table"
+                            f" '{cur.name}' (iptables-restore fails here)", lineno, argcol)
+                return
+            targets = [cur.chains[a] for a in args] if args else list(cur.chains.values())
             for chain in targets:
                 chain.rules.clear()
         elif cmd == "policy":
@@ -472,7 +701,15 @@ class _Reader:
             chain = cur.chains.get(old)
             if chain is None or chain.builtin:
                 self.report("NL003", f"'-E {old}': no such user chain", lineno, argcol)
+            elif new in cur.chains:
+                self.report("NL003", f"'-E {old} {new}': chain '{new}' already exists", lineno, argcol)
             elif self.valid_chain_name(new, lineno, argcol):
+                if chain.pos is not None:
+                    # Measured on iptables-nft 1.8.9: CHAIN_RENAME of a chain created in the same
+                    # transaction fails, and later lines cannot use the new name; legacy renames.
+                    self.report("NL003", f"'-E {old} {new}' renames a chain this file creates: iptables-nft-restore"
+                                " fails on it (CHAIN_RENAME failed), only the legacy backend renames."
+                                f" Declare ':{new} - [0:0]' directly", lineno, argcol, "warning")
                 cur.chains = {(new if k == old else k): v for k, v in cur.chains.items()}
                 chain.name = new
                 for other in cur.chains.values():
@@ -483,7 +720,8 @@ class _Reader:
         elif cmd == "zero":
             return
         else:
-            self.report("NL006", f"'{line.split()[0]}' has no effect in an iptables-restore file", lineno, col, "warning")
+            self.report("NL006", f"'{line.split()[0]}' has no effect in an iptables-restore file", lineno, col,
+                        "warning")
 
     def materialize(self, table: str, chain: str, pending: _PendingRule, index: int) -> Iterable[Rule]:
         bound = pending.bound
@@ -511,6 +749,12 @@ class _Reader:
                 index += 1
 
 
+def words_of(line: str, columns: list[int], at: int) -> str:
+    """The command word and its first argument, as written (for messages)."""
+    parts = line[columns[at]:].split(None, 2)
+    return " ".join(parts[:2])
+
+
 def _spec_key(bound: Bound) -> tuple[object, ...]:
     return (
         tuple(sorted((k, v.values, v.invert) for k, v in bound.core.items())),
@@ -520,7 +764,9 @@ def _spec_key(bound: Bound) -> tuple[object, ...]:
     )
 
 
-_V6_HINT = re.compile(r"(?m)^\S.* (?:-[sd]|--to-destination|--to-source) \[?[0-9A-Fa-f]*:[0-9A-Fa-f:.]*[\]/ ]|ipv6-icmp|icmp6|icmpv6")
+_V6_HINT = re.compile(
+    r"(?m)^\S.* (?:-[sd]|--to-destination|--to-source) \[?[0-9A-Fa-f]*:[0-9A-Fa-f:.]*[\]/ ]|ipv6-icmp|icmp6|icmpv6"
+)
 
 
 def detect_family(text: str, path: str | None = None) -> Family:
@@ -543,17 +789,26 @@ def detect_family(text: str, path: str | None = None) -> Family:
 
 def read(source: str | bytes, path: str = "<text>", family: Literal[4, 6] | None = None) -> Ruleset:
     """Read a dump (text or raw bytes) into a :class:`Ruleset` with its findings."""
+    line_bytes: list[int] | None = None
     if isinstance(source, bytes):
         text = source.decode("utf-8", "replace")
+        if len(source) > MAX_LINE_BYTES:
+            line_bytes = [len(b) for b in source.split(b"\n")]
     else:
         text = source
-    if text.startswith("\ufeff"):
+    bom = text.startswith("\ufeff")
+    if bom:
         text = text[1:]
+        if line_bytes:
+            line_bytes[0] -= 3
     fam: Family = family if family is not None else detect_family(text, path)
     lines = text.split("\n")
-    if lines and lines[-1] == "":
+    ends_with_newline = bool(lines) and lines[-1] == ""
+    if ends_with_newline:
         lines.pop()
-    reader = _Reader(path, fam, lines)
+    if line_bytes is not None and len(line_bytes) != len(lines):
+        line_bytes = line_bytes[: len(lines)]
+    reader = _Reader(path, fam, lines, bom=bom, line_bytes=line_bytes, ends_with_newline=ends_with_newline)
     enabled = gc.isenabled()
     gc.disable()  # the collector is half of the parse time on large dumps (measured)
     try:
@@ -563,3 +818,35 @@ def read(source: str | bytes, path: str = "<text>", family: Literal[4, 6] | None
             gc.enable()
     reader.findings.sort(key=Finding.sort_key)
     return Ruleset(path, fam, reader.tables, tuple(reader.findings), tuple(lines))
+
+
+def _rule_counters(line: str) -> tuple[int, int | None, str, str] | str:
+    """The ``[packets:bytes]`` prefix of a rule line, read with iptables-restore's strtok() calls.
+
+    Returns (where the command starts, where iptables-restore cuts the line or None, packets,
+    bytes), or why iptables-restore fails ("need ]"). It does not check the numbers (only
+    ``iptables-restore -c`` does), and a ':' found only after the ']' ends the line there: strtok
+    writes a NUL over it.
+    """
+    end = line.find("]")
+    if end < 0:
+        return "need ]"
+    text = line + "\n"  # fgets() keeps the newline, and strtok sees it
+    i = 1
+    while i < len(text) and text[i] == ":":
+        i += 1
+    if i >= len(text):
+        return "need :"
+    colon = text.find(":", i)
+    if colon < 0:
+        return "need ]"  # the packets field runs to the end of the line: nothing is left for bytes
+    packets = text[i:colon]
+    k = colon + 1
+    while k < len(text) and text[k] == "]":
+        k += 1
+    if k >= len(text):
+        return "need ]"
+    close = text.find("]", k)
+    nbytes = text[k:close] if close >= 0 else text[k:].rstrip("\n")
+    cuts = [pos for pos in (colon, close) if pos > end and pos < len(line)]
+    return end + 1, (min(cuts) if cuts else None), packets, nbytes

@@ -9,18 +9,23 @@ This is the state machine of ``add_param_to_argv`` in iptables' ``xshared.c`` (1
 * inside quotes a backslash escapes any character and a ``"`` closes the quote *and* ends
   the word, even an empty one (``""`` is an empty argument, ``"ab"cd`` is ``ab`` + ``cd``);
 * outside quotes a backslash is an ordinary character; single quotes are ordinary;
-* an unterminated quote runs to the end of the line (iptables accepts it silently).
+* an unterminated quote runs to the end of the line and takes the line's newline into the
+  word (``-j "DROP`` jumps to ``DROP\\n``), except on a last line without a newline.
 
 ``shlex`` is not equivalent and must not be used.
 """
 
 from __future__ import annotations
 
+import re
 from typing import NamedTuple
 
 __all__ = ["Word", "split_words"]
 
 _SEPARATORS = frozenset(" \t\n")
+# Only these three separate words: a vertical tab, form feed, \x1c-\x1f or a no-break space
+# is part of the word (str.split() would split on them; iptables-restore does not).
+_PLAIN_WORD = re.compile(r"[^ \t\n]+")
 
 
 class Word(NamedTuple):
@@ -31,26 +36,15 @@ class Word(NamedTuple):
     quoted: bool
 
 
-def split_words(line: str) -> list[Word]:
-    """Return the words of ``line`` as iptables-restore's tokenizer produces them."""
-    if '"' not in line and "\r" not in line and "\x0b" not in line and "\x0c" not in line:
-        return _split_plain(line)
-    return _split_quoted(line)
+def split_words(line: str, *, newline: bool = True) -> list[Word]:
+    """Return the words of ``line`` (without its line end) as iptables-restore's tokenizer
+    produces them; ``newline``: the line was ended by a newline in the file."""
+    if '"' not in line:
+        return [Word(m.group(), m.start(), False) for m in _PLAIN_WORD.finditer(line)]
+    return _split_quoted(line, newline)
 
 
-def _split_plain(line: str) -> list[Word]:
-    # Fast path: no quotes and only ASCII separators that str.split() treats the same way.
-    words: list[Word] = []
-    find = line.find
-    pos = 0
-    for text in line.split():
-        pos = find(text, pos)
-        words.append(Word(text, pos, False))
-        pos += len(text)
-    return words
-
-
-def _split_quoted(line: str) -> list[Word]:
+def _split_quoted(line: str, newline: bool = True) -> list[Word]:
     words: list[Word] = []
     buf: list[str] = []
     start = -1
@@ -92,6 +86,8 @@ def _split_quoted(line: str) -> list[Word]:
         if start < 0:
             start = col
         buf.append(ch)
+    if quote_open and newline:
+        buf.append("\n")  # fgets() keeps the newline, and the open quote takes it in
     if buf:
         words.append(Word("".join(buf), start, quoted))
     return words
