@@ -10,9 +10,9 @@ the word they concern, so the reader can point at the exact column.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from natlint.extensions import IMPLICIT_BY_PROTOCOL, MATCHES, TARGETS, ExtensionSpec
 from natlint.extensions.spec import ParseContext
@@ -294,6 +294,36 @@ def _orphan_message(name: str, spelling: str, proto: Option | None) -> str:
             f" (add '-m {owners[0]}' or '-j {owners[0]}')")
 
 
+
+_MEMO: dict[tuple[object, ...], object] = {}
+_MEMO_LIMIT = 500_000
+_MISSING = object()
+
+
+def _memo(parse: Callable[..., Any], *args: Any) -> Any:
+    """Call a pure value parser once per distinct argument tuple (values are immutable).
+
+    Large dumps repeat the same addresses, ports and comments thousands of times; parsing each
+    distinct word once is most of the binder's speed. A ValueError is remembered too."""
+    key = (parse, *args)
+    found = _MEMO.get(key, _MISSING)
+    if found is _MISSING:
+        try:
+            found = parse(*args)
+        except ValueError as exc:
+            found = _Failure(str(exc))
+        if len(_MEMO) >= _MEMO_LIMIT:
+            _MEMO.clear()
+        _MEMO[key] = found
+    if isinstance(found, _Failure):
+        raise ValueError(found.message)
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class _Failure:
+    message: str
+
 def _core(out: Bound, family: int, err) -> ParseContext:  # type: ignore[no-untyped-def]
     core = out.core
     protocol: str | None = None
@@ -301,7 +331,7 @@ def _core(out: Bound, family: int, err) -> ParseContext:  # type: ignore[no-unty
     popt = core.get("protocol")
     if popt is not None:
         try:
-            proto = parse_protocol(str(popt.values[0]))
+            proto = _memo(parse_protocol, str(popt.values[0]))
             if proto.number == 0 and popt.invert:
                 err("'! -p all' would never match any packet", out.core_at['protocol'])
             protocol = proto.name
@@ -315,7 +345,7 @@ def _core(out: Bound, family: int, err) -> ParseContext:  # type: ignore[no-unty
         if opt is None:
             continue
         try:
-            prefixes = parse_prefix_list(str(opt.values[0]), family)
+            prefixes = _memo(parse_prefix_list, str(opt.values[0]), family)
         except ValueError as exc:
             err(str(exc), out.core_at[key], "NL002", final=True)
             del core[key]
@@ -338,12 +368,12 @@ def _core(out: Bound, family: int, err) -> ParseContext:  # type: ignore[no-unty
         if opt is None:
             continue
         try:
-            core[key] = Option(key, (parse_interface(str(opt.values[0])),), opt.invert, opt.column)
+            core[key] = Option(key, (_memo(parse_interface, str(opt.values[0])),), opt.invert, opt.column)
         except ValueError as exc:
             err(str(exc), out.core_at[key], "NL002")
             del core[key]
             continue
-        weird = interface_name_problem(str(opt.values[0]))
+        weird = _memo(interface_name_problem, str(opt.values[0]))
         if weird is not None:
             never = "always" if opt.invert else "never"
             problem = BindProblem("NL002", f"{weird}: this test {never} matches", out.core_at[key], "warning")
@@ -372,7 +402,7 @@ def _build_extension(
         if item.negated and not spec_opt.invertible:
             problems.append(BindProblem("NL001", f"'{spelling}' cannot be negated with '!'", item.neg_at))
         try:
-            values = spec_opt.parse(args, ctx) if spec_opt.parse is not None else ()
+            values = _memo(spec_opt.parse, tuple(args), ctx) if spec_opt.parse is not None else ()
         except ValueError as exc:
             problems.append(BindProblem("NL002", str(exc), item.args[0] if item.args else item.at))
             continue
