@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import sys
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import click
 
 from natlint import __version__
+
+if TYPE_CHECKING:
+    from natlint.host import HostModel
+    from natlint.model import Ruleset
 
 _EPILOG = """\b
 Examples:
@@ -115,6 +119,107 @@ def rule(code: str | None, show_all: bool) -> None:
         click.echo("Example (flagged)\n" + _indent(entry.example) + "\n")
     if entry.fixed:
         click.echo("Fixed\n" + _indent(entry.fixed))
+
+
+def _load_one(path: str, family: str | None) -> Ruleset:
+    from natlint.syntax.reader import read
+
+    try:
+        if path == "-":
+            data, name = sys.stdin.buffer.read(), "<stdin>"
+        else:
+            with open(path, "rb") as handle:
+                data, name = handle.read(), path
+    except OSError as exc:
+        click.echo(f"natlint: cannot read {path}: {exc.strerror or exc}", err=True)
+        sys.exit(2)
+    return read(data, name, int(family) if family else None)  # type: ignore[arg-type]
+
+
+def _host_for(ruleset: Ruleset, host: str | None) -> HostModel:
+    from natlint.host import infer, load_host_file, read_live
+    from natlint.host.live import LiveHostError
+
+    if host is None:
+        return infer(ruleset)
+    if host == "live":
+        try:
+            return read_live(ruleset.family)
+        except LiveHostError as exc:
+            raise click.BadParameter(f"cannot read this machine's interfaces and routes: {exc}",
+                                     param_hint="--host") from None
+    try:
+        return load_host_file(host, ruleset.family)
+    except (OSError, ValueError) as exc:
+        raise click.BadParameter(str(exc), param_hint="--host") from None
+
+
+_HOST_HELP = "Host model: a TOML file, 'live' (read this machine with ip -j), default: inferred from the dump."
+
+
+@main.command()
+@click.argument("path", type=click.Path(allow_dash=True, dir_okay=False))
+@click.option("--family", type=click.Choice(["4", "6"]), default=None, help="IPv4 or IPv6 (default: detected).")
+@click.option("--host", "host_path", default=None, help=_HOST_HELP)
+def host(path: str, family: str | None, host_path: str | None) -> None:
+    """Print the host model natlint uses for a dump (inferred unless --host is given), as TOML."""
+    from natlint.host import dump_host_file
+
+    ruleset = _load_one(path, family)
+    model = _host_for(ruleset, host_path)
+    click.echo(dump_host_file(model), nl=False)
+
+
+@main.command()
+@click.argument("path", type=click.Path(allow_dash=True, dir_okay=False))
+@click.option("--in", "in_iface", default=None, help="Interface the packet arrives on (e.g. eth0).")
+@click.option("--local", is_flag=True, help="The host itself sends the packet (instead of --in).")
+@click.option("--src", default=None, help="Source address or prefix (default: any).")
+@click.option("--dst", default=None, help="Destination address or prefix (default: any).")
+@click.option("--proto", default=None, help="tcp, udp, icmp, a number... (default: any).")
+@click.option("--sport", default=None, help="Source port or range 1024:65535.")
+@click.option("--dport", default=None, help="Destination port or range 8000:9000.")
+@click.option("--state", type=click.Choice(["new", "established", "related", "invalid", "untracked"]),
+              default="new", show_default=True, help="Conntrack state of the packet.")
+@click.option("--family", type=click.Choice(["4", "6"]), default=None, help="IPv4 or IPv6 (default: detected).")
+@click.option("--host", "host_path", default=None, help=_HOST_HELP)
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def trace(path: str, in_iface: str | None, local: bool, src: str | None, dst: str | None, proto: str | None,
+          sport: str | None, dport: str | None, state: str, family: str | None, host_path: str | None,
+          fmt: str) -> None:
+    """Show what the firewall does to a packet (or a class of packets) and why.
+
+    \b
+    natlint trace rules.txt --in eth0 --src 203.0.113.9 --dst 198.51.100.1 --proto tcp --dport 8080
+    natlint trace rules.txt --local --dst 1.1.1.1 --proto udp --dport 53
+    natlint trace rules.txt --in eth0 --proto tcp --dport 8000:9000   # the partition of a range
+    """
+    import json
+
+    from natlint.netfilter.trace import TraceQuery, outcome_to_dict
+    from natlint.netfilter.trace import trace as run_trace
+
+    if local and in_iface:
+        raise click.UsageError("give either --in IFACE (arriving traffic) or --local (sent by the host), not both")
+    if not local and not in_iface:
+        raise click.UsageError("say where the packet comes from: --in IFACE, or --local for traffic the host sends")
+    ruleset = _load_one(path, family)
+    errors = [f for f in ruleset.diagnostics if getattr(f, "severity", "") == "error"]
+    if errors:
+        click.echo(f"natlint: warning: {len(errors)} line(s) of {ruleset.path} do not parse and are left out"
+                   " (run 'natlint check' to see them)", err=True)
+    model = _host_for(ruleset, host_path)
+    query = TraceQuery(in_iface, local, src, dst, proto, sport, dport, state)
+    try:
+        outcomes = run_trace(ruleset, model, query)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    if fmt == "json":
+        click.echo(json.dumps({"outcomes": [outcome_to_dict(o) for o in outcomes]}, indent=2))
+        return
+    from natlint.report.trace_text import format_trace
+
+    click.echo(format_trace(outcomes), nl=False)
 
 
 def _indent(text: str) -> str:

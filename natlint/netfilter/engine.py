@@ -1,0 +1,567 @@
+"""Push packet sets through netfilter as the kernel does.
+
+One :class:`Engine` per (ruleset, host model). It walks chains rule by rule on *sets* of
+packets: a rule splits the set into what it matches and what it does not; ``-j`` pushes a
+return point, ``-g`` does not, ``RETURN`` or the end of a user chain returns to the caller,
+and the end of a built-in chain applies its policy (ipt_do_table). Targets that rewrite
+headers (DNAT, SNAT, MASQUERADE, REDIRECT, NETMAP, MARK, CONNMARK, NOTRACK) transform the set.
+
+The hook pipeline (research 3.1):
+
+* arriving: raw, mangle, nat PREROUTING -> routing -> INPUT (mangle, filter, security, nat)
+  for local destinations, else FORWARD (mangle, filter, security) -> POSTROUTING (mangle, nat);
+* local: OUTPUT (raw, mangle, nat, filter, security) -> reroute -> POSTROUTING (mangle, nat),
+  and a packet for a local address then comes back in on ``lo`` (raw, mangle PREROUTING,
+  mangle and filter INPUT; nat is already decided for that connection).
+
+nat chains see only packets whose connection has no mapping yet: conntrack state NEW (and
+RELATED, which natlint treats as already mapped). filter sees post-DNAT, pre-SNAT headers.
+Connection tracking itself only runs in a namespace when a loaded rule needs it (a NAT
+target, a conntrack/state/connmark match, CT...): without one, nat chains never run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from natlint.model.ruleset import Chain, Rule, Ruleset, Table, Target
+from natlint.model.values import Prefix
+
+__all__ = ["Engine", "Outcome", "Step", "Delivery", "BranchBudgetExceeded", "uses_conntrack"]
+
+Verdict = Literal["ACCEPT", "DROP", "REJECT", "QUEUE", "UNKNOWN"]
+Hook = Literal["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"]
+
+# Table order per hook by priority (raw -300, mangle -150, nat DNAT -100, filter 0,
+# security 50 (legacy) / 150 (nft), nat SNAT 100). natlint follows iptables-nft.
+_TABLES_AT: dict[str, tuple[str, ...]] = {
+    "PREROUTING": ("raw", "mangle", "nat"),
+    "INPUT": ("mangle", "filter", "nat", "security"),
+    "FORWARD": ("mangle", "filter", "security"),
+    "OUTPUT": ("raw", "mangle", "nat", "filter", "security"),
+    "POSTROUTING": ("mangle", "nat"),
+}
+_NON_TERMINAL_NO_EFFECT = frozenset({
+    "LOG", "NFLOG", "ULOG", "TRACE", "TCPMSS", "CHECKSUM", "DSCP", "TOS", "TTL", "HL", "CLASSIFY",
+    "AUDIT", "SECMARK", "CONNSECMARK", "LED", "IDLETIMER", "RATEEST", "TEE", "ECN", "TCPOPTSTRIP", "HMARK",
+})
+_MAX_DEPTH = 64
+# What makes the kernel track connections in a network namespace (nf_ct_netns_get, called by
+# these matches and targets when a rule using them is loaded). A namespace whose rules use
+# none of them has no conntrack: no packet has a connection, and nat chains never run.
+_CONNTRACK_MATCHES = frozenset({
+    "conntrack", "state", "connmark", "connbytes", "connlabel", "connlimit", "helper", "cluster", "ipvs",
+})
+_CONNTRACK_TARGETS = frozenset({
+    "DNAT", "SNAT", "MASQUERADE", "REDIRECT", "NETMAP", "CT", "NOTRACK", "CONNMARK", "CONNSECMARK",
+    "SYNPROXY", "CLUSTERIP",
+})
+
+
+def uses_conntrack(ruleset: Ruleset) -> bool:
+    """Whether loading the ruleset turns connection tracking on (see _CONNTRACK_*)."""
+    for rule in ruleset.rules():
+        if rule.target is not None and rule.target.name in _CONNTRACK_TARGETS:
+            return True
+        if any(m.name in _CONNTRACK_MATCHES for m in rule.matches):
+            return True
+    return False
+
+
+class BranchBudgetExceeded(RuntimeError):
+    """The analysis split into more branches than its budget allows."""
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One thing that happened to a packet class: a rule that matched, or a policy.
+
+    ``index`` is the rule's 1-based position in its chain (as ``iptables -L --line-numbers``
+    and the kernel's trace count), ``"policy"`` for a chain policy, None for routing.
+    """
+
+    hook: str
+    table: str
+    chain: str
+    line: int | None
+    rule: str | None
+    action: str
+    index: int | Literal["policy"] | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        return {"hook": self.hook, "table": self.table, "chain": self.chain, "line": self.line,
+                "index": self.index, "rule": self.rule, "action": self.action}
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    to: Literal["local", "out"]
+    interface: str | None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A set of packets that share one fate."""
+
+    packets: object  # a natlint.packets PacketSet (after all NAT)
+    verdict: Verdict
+    delivered: Delivery | None
+    steps: tuple[Step, ...]
+    reasons: tuple[str, ...] = ()
+    note: str | None = None
+
+    @property
+    def certainty(self) -> Literal["exact", "approximate"]:
+        return "approximate" if self.reasons else "exact"
+
+    @property
+    def decided_by(self) -> Step | None:
+        for step in reversed(self.steps):
+            if step.action not in ("continue",):
+                return step
+        return None
+
+
+@dataclass(frozen=True)
+class _Branch:
+    packets: object
+    steps: tuple[Step, ...] = ()
+    reasons: tuple[str, ...] = ()
+
+    def extend(self, packets: object, step: Step | None = None, reasons: Iterable[str] = ()) -> _Branch:
+        new_reasons = self.reasons + tuple(r for r in reasons if r not in self.reasons)
+        steps = self.steps + (step,) if step is not None else self.steps
+        return _Branch(packets, steps, new_reasons)
+
+
+@dataclass
+class _TableResult:
+    accepted: list[_Branch] = field(default_factory=list)  # go on to the next table
+    stopped: list[tuple[_Branch, Verdict]] = field(default_factory=list)  # DROP, REJECT, ...
+
+
+class Engine:
+    """Evaluate a ruleset on packet sets under a host model."""
+
+    def __init__(self, ruleset: Ruleset, host: object, *, space: object | None = None, record_steps: bool = True,
+                 max_branches: int = 20_000, conntrack: bool | None = None) -> None:
+        from natlint.packets.compile import compile_interfaces
+        from natlint.packets.space import PacketSpace
+
+        self.ruleset = ruleset
+        self.host = host
+        self.space = space if space is not None else PacketSpace(ruleset.family, compile_interfaces(ruleset, host))
+        self.record_steps = record_steps
+        self.max_branches = max_branches
+        # None: on when the rules need it (another user of the namespace may turn it on too)
+        self.conntrack = uses_conntrack(ruleset) if conntrack is None else conntrack
+        self._compiled: dict[int, object] = {}
+        self._branches = 0
+
+    # ---- compiled rules -------------------------------------------------------------------
+    def compiled(self, rule: Rule) -> object:
+        key = id(rule)
+        found = self._compiled.get(key)
+        if found is None:
+            from natlint.packets.compile import compile_rule
+
+            found = compile_rule(self.space, rule, self.host)
+            self._compiled[key] = found
+        return found
+
+    # ---- chains -----------------------------------------------------------------------------
+    def run_table(self, table_name: str, hook: str, branches: Sequence[_Branch]) -> _TableResult:
+        """Run one table's built-in chain for ``hook`` on the branches."""
+        result = _TableResult()
+        table = self.ruleset.tables.get(table_name)
+        chain = table.chains.get(hook) if table is not None else None
+        if table is None or chain is None:
+            result.accepted.extend(branches)
+            return result
+        for branch in branches:
+            stopped, returned = self._run_chain(table, chain, hook, branch, 0)
+            result.stopped.extend((b, v) for b, v in stopped if v != "ACCEPT")
+            result.accepted.extend(b for b, v in stopped if v == "ACCEPT")
+            policy: Verdict = "DROP" if chain.policy == "DROP" else "ACCEPT"
+            for b in self._merge(returned):
+                step = Step(hook, table.name, chain.name, chain.pos.line if chain.pos else None, None,
+                            f"policy {policy}", "policy")
+                done = b.extend(b.packets, step)
+                if policy == "ACCEPT":
+                    result.accepted.append(done)
+                else:
+                    result.stopped.append((done, "DROP"))
+        result.accepted = self._merge(result.accepted)
+        return result
+
+    def _run_chain(self, table: Table, chain: Chain, hook: str, branch: _Branch, depth: int
+                   ) -> tuple[list[tuple[_Branch, Verdict]], list[_Branch]]:
+        """(branches that ended with a verdict, branches that returned / fell off the end)."""
+        stopped: list[tuple[_Branch, Verdict]] = []
+        returned: list[_Branch] = []
+        if depth > _MAX_DEPTH:
+            return [(branch.extend(branch.packets, reasons=[f"chain nesting deeper than {_MAX_DEPTH}"]), "UNKNOWN")], []
+        live = [branch]
+        for rule in chain.rules:
+            if not live:
+                break
+            compiled = self.compiled(rule)
+            match_set = compiled.set  # type: ignore[attr-defined]
+            next_live: list[_Branch] = []
+            for b in live:
+                hit = b.packets & match_set  # type: ignore[operator]
+                if hit.is_empty():
+                    next_live.append(b)
+                    continue
+                miss = b.packets - match_set  # type: ignore[operator]
+                if not miss.is_empty():
+                    next_live.append(_Branch(miss, b.steps, b.reasons))
+                reasons = compiled.reasons if compiled.approximate else ()  # type: ignore[attr-defined]
+                hit_branch = _Branch(hit, b.steps, b.reasons).extend(hit, None, reasons)
+                self._target(table, chain, hook, rule, hit_branch, depth, stopped, returned, next_live)
+            live = self._merge(next_live)
+        returned.extend(live)
+        return stopped, returned
+
+    def _step(self, hook: str, table: Table, chain: Chain, rule: Rule, action: str) -> Step:
+        return Step(hook, table.name, chain.name, rule.pos.line, rule.text, action, rule.index)
+
+    def _target(self, table: Table, chain: Chain, hook: str, rule: Rule, b: _Branch, depth: int,
+                stopped: list[tuple[_Branch, Verdict]], returned: list[_Branch], live: list[_Branch]) -> None:
+        self._count()
+        target = rule.target
+        if target is None:
+            live.append(b.extend(b.packets, self._step(hook, table, chain, rule, "continue")))
+            return
+        name = target.name
+        if target.kind == "verdict":
+            step = self._step(hook, table, chain, rule, name)
+            if name == "RETURN":
+                returned.append(b.extend(b.packets, step))
+            elif name == "QUEUE":
+                stopped.append((b.extend(b.packets, step, ["QUEUE hands the packet to a userspace program"]),
+                                "QUEUE"))
+            else:
+                stopped.append((b.extend(b.packets, step), "ACCEPT" if name == "ACCEPT" else "DROP"))
+            return
+        if target.kind == "chain":
+            sub = table.chains.get(name)
+            how = "goto" if target.goto else "jump"
+            step = self._step(hook, table, chain, rule, f"{how} {name}")
+            entered = b.extend(b.packets, step)
+            if sub is None:
+                stopped.append((entered.extend(entered.packets, reasons=[f"chain {name} is not defined"]), "UNKNOWN"))
+                return
+            sub_stopped, sub_returned = self._run_chain(table, sub, hook, entered, depth + 1)
+            stopped.extend(sub_stopped)
+            (returned if target.goto else live).extend(sub_returned)
+            return
+        self._extension(table, chain, hook, rule, target, b, stopped, live)
+
+    def _extension(self, table: Table, chain: Chain, hook: str, rule: Rule, target: Target, b: _Branch,
+                   stopped: list[tuple[_Branch, Verdict]], live: list[_Branch]) -> None:
+        from natlint.netfilter import nat
+
+        name = target.name
+        options = {o.name: o for o in target.options}
+        sp = self.space
+        step_text = _describe_target(target)
+        step = self._step(hook, table, chain, rule, step_text)
+        if name == "REJECT":
+            stopped.append((b.extend(b.packets, step), "REJECT"))
+        elif name in nat.NAT_TARGETS:
+            for packets, verdict, reasons in nat.apply(sp, self.host, name, options, hook, b.packets):
+                stopped.append((b.extend(packets, step, reasons), verdict))
+        elif name == "MARK":
+            from natlint.extensions.targets_mangle import mark_action
+
+            action = mark_action(options)
+            packets = b.packets if action is None else sp.xmark(b.packets, "mark", action.value, action.mask)  # type: ignore[attr-defined]
+            live.append(b.extend(packets, step))
+        elif name == "CONNMARK":
+            live.append(_connmark_branch(sp, options, b, step))
+        elif name == "NOTRACK" or (name == "CT" and "notrack" in options):
+            packets = sp.assign(b.packets, "ctstate", "UNTRACKED")  # type: ignore[attr-defined]
+            live.append(b.extend(packets, step))
+        elif name in _NON_TERMINAL_NO_EFFECT or name == "CT" or name == "SET":
+            reasons = ["SET changes an ipset that later '-m set' tests read"] if name == "SET" else []
+            live.append(b.extend(b.packets, step, reasons))
+        elif target.kind == "unknown":
+            live.append(b.extend(b.packets, step, [f"natlint does not model the {name} target and assumes"
+                                                   " it lets the packet continue"]))
+        else:
+            from natlint.extensions import TARGETS
+
+            spec = TARGETS.get(name)
+            if spec is not None and spec.terminal:
+                verdict: Verdict = "QUEUE" if name == "NFQUEUE" else "UNKNOWN"
+                stopped.append((b.extend(b.packets, step, [f"natlint does not model what {name} does"]), verdict))
+            else:
+                live.append(b.extend(b.packets, step, [f"natlint does not model what {name} does"]))
+
+    # ---- bookkeeping --------------------------------------------------------------------------
+    def _count(self) -> None:
+        self._branches += 1
+        if self._branches > self.max_branches:
+            raise BranchBudgetExceeded(f"more than {self.max_branches} rule applications")
+
+    def _merge(self, branches: list[_Branch]) -> list[_Branch]:
+        """Union branches that share their history (or all of them when steps are not recorded)."""
+        if len(branches) < 2:
+            return branches
+        groups: dict[tuple[object, ...], _Branch] = {}
+        for b in branches:
+            key: tuple[object, ...] = (b.steps, b.reasons) if self.record_steps else (b.reasons,)
+            seen = groups.get(key)
+            if seen is None:
+                groups[key] = b
+            else:
+                groups[key] = _Branch(seen.packets | b.packets, seen.steps, seen.reasons)  # type: ignore[operator]
+        return list(groups.values())
+
+    # ---- the pipeline -------------------------------------------------------------------------
+    def arriving(self, packets: object) -> list[Outcome]:
+        """Packets arriving on an interface (the set fixes iif; oif is 'none').
+
+        A frame between two ports of one bridge (its destination on the bridge's subnet and not
+        the host's) is bridged, not routed: with br_netfilter it still crosses PREROUTING,
+        FORWARD (``-i br -o br``) and POSTROUTING, whatever ``ip_forward`` says; without it
+        iptables never sees it. Routed packets for another host need ``ip_forward``.
+        """
+        self._branches = 0
+        sp = self.space
+        start = _conntrack_new(sp, packets)
+        outcomes: list[Outcome] = []
+        groups: list[tuple[object, str | None]] = []
+        rest = start
+        for bridge, part in self._l2_bridged(start):
+            rest = rest - part  # type: ignore[operator]
+            if getattr(self.host, "br_netfilter", True):
+                groups.append((part, bridge))
+            else:
+                step = Step("BRIDGE", "-", "-", None, None,
+                            f"bridged on {bridge}: iptables does not see it (br_netfilter is off)")
+                outcomes.append(Outcome(sp.assign(part, "oif", bridge), "ACCEPT",  # type: ignore[attr-defined]
+                                        Delivery("out", bridge), (step,)))
+        groups.insert(0, (rest, None))
+        for group, bridge in groups:
+            if group.is_empty():  # type: ignore[attr-defined]
+                continue
+            branches = self._hook("PREROUTING", [_Branch(group)], outcomes)
+            for b, decision in self._route(branches, outcomes):
+                if decision.kind == "local":  # type: ignore[attr-defined]
+                    self._input(b, outcomes)
+                    continue
+                oif = decision.oif  # type: ignore[attr-defined]
+                if not getattr(self.host, "ip_forward", True):
+                    b = self._not_forwarded(b, oif, bridge, outcomes)
+                    if b is None:
+                        continue
+                forwarded = self._hook("FORWARD", [b.extend(sp.assign(b.packets, "oif", oif))], outcomes)  # type: ignore[attr-defined]
+                for done in self._hook("POSTROUTING", forwarded, outcomes):
+                    outcomes.append(Outcome(done.packets, "ACCEPT", Delivery("out", oif), done.steps, done.reasons))
+        return _merge_outcomes(outcomes) if len(groups) > 1 else outcomes
+
+    def _not_forwarded(self, b: _Branch, oif: str, bridge: str | None, outcomes: list[Outcome]) -> _Branch | None:
+        """With ip_forward off routing drops what is for another host, except frames bridged
+        between two ports of one bridge (with br_netfilter they still cross FORWARD). A packet
+        DNATed back onto its bridge is dropped too (measured on 6.18: the route lookup gives
+        an unreachable route, so br_netfilter's "bridged DNAT" shortcut does not apply)."""
+        if bridge is not None and oif == bridge:
+            return b
+        step = Step("ROUTING", "-", "-", None, None, "not forwarded: ip_forward is off")
+        outcomes.append(Outcome(b.packets, "DROP", None, b.steps + (step,), b.reasons))
+        return None
+
+    def _l2_bridged(self, packets: object) -> list[tuple[str, object]]:
+        """Per bridge, the packets that arrive on it for another host of its own subnet."""
+        sp = self.space
+        found: list[tuple[str, object]] = []
+        bridges = getattr(self.host, "bridges", lambda: ())()
+        if not bridges:
+            return found
+        partition = self.host.route_partition()  # type: ignore[attr-defined]
+        for iface in bridges:
+            if iface.name not in getattr(sp, "interfaces", ()):
+                continue
+            on_bridge = packets & sp.iface("iif", _iface(iface.name))  # type: ignore[attr-defined, operator]
+            if on_bridge.is_empty():
+                continue
+            subnet = prefixes_union(sp, iface.subnets)
+            routed_out = prefixes_union(sp, (p for prefixes, d in partition
+                                             if d.kind == "forward" and d.oif == iface.name for p in prefixes))
+            part = on_bridge & subnet & routed_out
+            if not part.is_empty():
+                found.append((iface.name, part))
+        return found
+
+    def local(self, packets: object, *, choose_source: bool = False) -> list[Outcome]:
+        """Packets the host itself sends (iif 'none'); routing picks oif and, with
+        ``choose_source``, the source address (the primary address of that interface, or the
+        destination itself for a local destination)."""
+        self._branches = 0
+        sp = self.space
+        outcomes: list[Outcome] = []
+        start: list[_Branch] = []
+        for b, decision in self._route([_Branch(packets)], outcomes, output=True):
+            oif = "lo" if decision.kind == "local" else decision.oif  # type: ignore[attr-defined]
+            pkt = sp.assign(b.packets, "oif", oif)  # type: ignore[attr-defined]
+            if choose_source:
+                if decision.kind == "local":  # type: ignore[attr-defined]
+                    pkt = sp.copy(pkt, "src", "dst")  # type: ignore[attr-defined]
+                else:
+                    address = self.host.primary_address(oif)  # type: ignore[attr-defined]
+                    pkt = sp.assign(pkt, "src", address) if address is not None else pkt  # type: ignore[attr-defined]
+            start.append(b.extend(pkt))
+        start = [b.extend(_conntrack_new(sp, b.packets)) for b in start]
+        after_output = self._hook("OUTPUT", start, outcomes)
+        # nat OUTPUT or mangle may have changed the destination: route again.
+        rerouted: list[_Branch] = []
+        for b, decision in self._route(after_output, outcomes, output=True):
+            oif = "lo" if decision.kind == "local" else decision.oif  # type: ignore[attr-defined]
+            rerouted.append(b.extend(sp.assign(b.packets, "oif", oif)))  # type: ignore[attr-defined]
+        for done in self._hook("POSTROUTING", rerouted, outcomes):
+            local_part, out_part = _split_loopback(sp, done)
+            if local_part is not None:
+                looped = local_part.extend(sp.assign(sp.assign(local_part.packets, "iif", "lo"), "oif", None))  # type: ignore[attr-defined]
+                self._loopback_input(looped, outcomes)
+            if out_part is not None:
+                pkt = out_part.packets
+                for oif in _interfaces_of(sp, pkt):
+                    part = pkt & sp.iface("oif", _iface(oif))  # type: ignore[attr-defined, operator]
+                    outcomes.append(Outcome(part, "ACCEPT", Delivery("out", oif), out_part.steps, out_part.reasons))
+        return outcomes
+
+    def _input(self, b: _Branch, outcomes: list[Outcome]) -> None:
+        for done in self._hook("INPUT", [b], outcomes):
+            outcomes.append(Outcome(done.packets, "ACCEPT", Delivery("local", None), done.steps, done.reasons))
+
+    def _loopback_input(self, b: _Branch, outcomes: list[Outcome]) -> None:
+        # The connection is already tracked and NATed (OUTPUT/POSTROUTING): nat does not run again.
+        pre = self._hook("PREROUTING", [b], outcomes, nat=False)
+        for p in pre:
+            for done in self._hook("INPUT", [p], outcomes, nat=False):
+                outcomes.append(Outcome(done.packets, "ACCEPT", Delivery("local", "lo"), done.steps, done.reasons))
+
+    def _hook(self, hook: str, branches: list[_Branch], outcomes: list[Outcome], *, nat: bool = True
+              ) -> list[_Branch]:
+        sp = self.space
+        for table in _TABLES_AT[hook]:
+            if not branches:
+                break
+            if table == "nat":
+                if not nat or not self.conntrack:
+                    continue
+                new_set = sp.ctstate(["NEW"])  # type: ignore[attr-defined]
+                todo = [_Branch(b.packets & new_set, b.steps, b.reasons) for b in branches]  # type: ignore[operator]
+                passing = [_Branch(b.packets - new_set, b.steps, b.reasons) for b in branches]  # type: ignore[operator]
+                todo = [b for b in todo if not b.packets.is_empty()]  # type: ignore[attr-defined]
+                passing = [b for b in passing if not b.packets.is_empty()]  # type: ignore[attr-defined]
+                result = self.run_table(table, hook, todo)
+                branches = self._merge(result.accepted + passing)
+            else:
+                result = self.run_table(table, hook, branches)
+                branches = result.accepted
+            for b, verdict in result.stopped:
+                outcomes.append(Outcome(b.packets, verdict, None, b.steps, b.reasons))
+        return branches
+
+    def _route(self, branches: list[_Branch], outcomes: list[Outcome], *, output: bool = False
+               ) -> list[tuple[_Branch, object]]:
+        sp = self.space
+        routed: list[tuple[_Branch, object]] = []
+        partition = self.host.route_partition()  # type: ignore[attr-defined]
+        for b in branches:
+            for prefixes, decision in partition:
+                dsts = sp.none()  # type: ignore[attr-defined]
+                for prefix in prefixes:
+                    dsts = dsts | sp.prefix("dst", prefix)  # type: ignore[attr-defined]
+                part = b.packets & dsts  # type: ignore[operator]
+                if part.is_empty():
+                    continue
+                if decision.kind == "unreachable":
+                    step = Step("ROUTING", "-", "-", None, None, "no route to the destination")
+                    outcomes.append(Outcome(part, "DROP", None, b.steps + (step,), b.reasons))
+                    continue
+                routed.append((_Branch(part, b.steps, b.reasons), decision))
+        return routed
+
+
+def _merge_outcomes(outcomes: list[Outcome]) -> list[Outcome]:
+    """Union the outcomes that share their fate and history (from separately run groups)."""
+    merged: dict[tuple[object, ...], Outcome] = {}
+    for o in outcomes:
+        key = (o.verdict, o.delivered, o.steps, o.reasons, o.note)
+        seen = merged.get(key)
+        merged[key] = o if seen is None else Outcome(seen.packets | o.packets, o.verdict, o.delivered,  # type: ignore[operator]
+                                                     o.steps, o.reasons, o.note)
+    return list(merged.values())
+
+
+def _conntrack_new(sp: object, packets: object) -> object:
+    """Conntrack records the original tuple of a new connection before any NAT."""
+    new = packets & sp.ctstate(["NEW"])  # type: ignore[attr-defined, operator]
+    rest = packets - sp.ctstate(["NEW"])  # type: ignore[attr-defined, operator]
+    for field_name in ("src", "dst", "sport", "dport"):
+        new = sp.copy(new, f"orig_{field_name}", field_name)  # type: ignore[attr-defined]
+    return new | rest  # type: ignore[operator]
+
+
+def _connmark_branch(sp: object, options: dict[str, object], b: _Branch, step: Step) -> _Branch:
+    from natlint.extensions.targets_mangle import connmark_action
+
+    action = connmark_action(options)  # type: ignore[arg-type]
+    if action is None:
+        return b.extend(b.packets, step)
+    full = 0xFFFFFFFF
+    if action.mode == "set":
+        return b.extend(sp.xmark(b.packets, "connmark", action.mark, action.ctmask), step)  # type: ignore[attr-defined]
+    if action.shift_bits == 0 and action.ctmask == full and action.nfmask == full:
+        src, dst = ("mark", "connmark") if action.mode == "save" else ("connmark", "mark")
+        return b.extend(sp.copy(b.packets, dst, src), step)  # type: ignore[attr-defined]
+    dst = "connmark" if action.mode == "save" else "mark"
+    return b.extend(sp.forget(b.packets, dst), step,  # type: ignore[attr-defined]
+                    [f"CONNMARK with masks or shifts: natlint forgets the {dst} value"])
+
+
+def _describe_target(target: Target) -> str:
+    words = [target.name]
+    for opt in target.options:
+        value = " ".join(str(v) for v in opt.values)
+        words.append(f"{opt.name.replace('_', '-')} {value}".strip())
+    return " ".join(words)
+
+
+def _split_loopback(sp: object, b: _Branch) -> tuple[_Branch | None, _Branch | None]:
+    lo = b.packets & sp.iface("oif", _iface("lo"))  # type: ignore[attr-defined, operator]
+    rest = b.packets - lo  # type: ignore[operator]
+    return (
+        _Branch(lo, b.steps, b.reasons) if not lo.is_empty() else None,
+        _Branch(rest, b.steps, b.reasons) if not rest.is_empty() else None,
+    )
+
+
+def _iface(name: str) -> object:
+    from natlint.model.values import Interface
+
+    return Interface(name)
+
+
+def _interfaces_of(sp: object, packets: object) -> list[str]:
+    from natlint.netfilter.nat import real_interfaces
+
+    names: list[str] = []
+    for name in real_interfaces(sp):  # type: ignore[attr-defined]
+        if not (packets & sp.iface("oif", _iface(name))).is_empty():  # type: ignore[attr-defined, operator]
+            names.append(name)
+    return names
+
+
+def prefixes_union(sp: object, prefixes: Iterable[Prefix]) -> object:
+    result = sp.none()  # type: ignore[attr-defined]
+    for prefix in prefixes:
+        result = result | sp.prefix("dst", prefix)  # type: ignore[attr-defined]
+    return result
+

@@ -1,0 +1,157 @@
+"""What NAT targets do to a packet set (research 3.4; nf_nat_core.c).
+
+* DNAT rewrites the destination address (one of the range: the kernel picks by a hash of the
+  addresses, natlint keeps every candidate) and, when a port range is given, the destination
+  port: a port already inside the range is kept, another becomes one of the range.
+* SNAT likewise on the source; without a port range the source port is kept.
+* MASQUERADE is SNAT to the address the kernel selects for the outgoing interface
+  (``inet_select_addr``): its first address of global scope; for an interface with only
+  host-scope addresses (``lo``: 127.0.0.0/8, ::1) the first global address of the other
+  interfaces, in interface order. A packet leaving an interface without an address is dropped.
+* REDIRECT is DNAT to the primary address of the incoming interface (PREROUTING; no address:
+  dropped) or to 127.0.0.1 / ::1 (OUTPUT).
+* NETMAP maps a prefix 1:1, keeping the host part (destination in PREROUTING/OUTPUT,
+  source in POSTROUTING/INPUT).
+
+The conntrack virtual states DNAT/SNAT become true for the rewritten packets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Literal
+
+from natlint.model.ruleset import Option
+from natlint.model.values import Interface, Prefix
+
+__all__ = ["NAT_TARGETS", "apply", "real_interfaces"]
+
+NAT_TARGETS = frozenset({"DNAT", "SNAT", "MASQUERADE", "REDIRECT", "NETMAP"})
+Verdict = Literal["ACCEPT", "DROP"]
+Result = list[tuple[object, Verdict, tuple[str, ...]]]
+
+
+def real_interfaces(sp: object) -> list[str]:
+    """The interface names of the space (not its 'other'/'none' classes)."""
+    return [label for label in sp.interfaces if not label.endswith(")")]  # type: ignore[attr-defined]
+
+
+def _range_of(options: Mapping[str, Option], *names: str) -> object | None:
+    for name in names:
+        opt = options.get(name)
+        if opt is not None:
+            return opt.value
+    return None
+
+
+def apply(sp: object, host: object, target: str, options: Mapping[str, Option], hook: str, packets: object) -> Result:
+    if target == "DNAT":
+        nat_range = _range_of(options, "to_destination", "to")
+        out, reasons = _map(sp, packets, nat_range, "dst", "dport")
+        return [(sp.assign(out, "ct_dnat", True), "ACCEPT", reasons)]  # type: ignore[attr-defined]
+    if target == "SNAT":
+        nat_range = _range_of(options, "to_source", "to")
+        out, reasons = _map(sp, packets, nat_range, "src", "sport")
+        return [(sp.assign(out, "ct_snat", True), "ACCEPT", reasons)]  # type: ignore[attr-defined]
+    if target == "MASQUERADE":
+        ports = _range_of(options, "to_ports", "to")
+        return _per_interface(sp, host, packets, "oif", "src", "sport", ports, "ct_snat", masquerade=True)
+    if target == "REDIRECT":
+        ports = _range_of(options, "to_ports", "to")
+        if hook == "OUTPUT":
+            loopback = 0x7F000001 if getattr(sp, "family", 4) == 4 else 1
+            out = sp.assign(packets, "dst", loopback)  # type: ignore[attr-defined]
+            out, reasons = _map_ports(sp, out, ports, "dport")
+            return [(sp.assign(out, "ct_dnat", True), "ACCEPT", reasons)]  # type: ignore[attr-defined]
+        return _per_interface(sp, host, packets, "iif", "dst", "dport", ports, "ct_dnat")
+    if target == "NETMAP":
+        prefix = _range_of(options, "to")
+        field = "dst" if hook in ("PREROUTING", "OUTPUT") else "src"
+        if not isinstance(prefix, Prefix):
+            return [(sp.forget(packets, field), "ACCEPT", ("NETMAP without a prefix",))]  # type: ignore[attr-defined]
+        out = sp.xmark(packets, field, prefix.address & prefix.mask, prefix.mask)  # type: ignore[attr-defined]
+        flag = "ct_dnat" if field == "dst" else "ct_snat"
+        return [(sp.assign(out, flag, True), "ACCEPT", ())]  # type: ignore[attr-defined]
+    raise KeyError(target)
+
+
+def _map(sp: object, packets: object, nat_range: object, addr_field: str, port_field: str
+         ) -> tuple[object, tuple[str, ...]]:
+    reasons: list[str] = []
+    out = packets
+    addresses = getattr(nat_range, "addresses", None)
+    if addresses is not None:
+        if addresses.first == addresses.last:
+            out = sp.assign(out, addr_field, addresses.first)  # type: ignore[attr-defined]
+        else:
+            out = sp.assign_range(out, addr_field, addresses.first, addresses.last)  # type: ignore[attr-defined]
+            reasons.append(f"the kernel picks one address of {addresses} per connection (by hash)")
+    out, port_reasons = _map_ports(sp, out, nat_range, port_field)
+    return out, tuple(reasons) + port_reasons
+
+
+def _map_ports(sp: object, packets: object, nat_range: object, port_field: str) -> tuple[object, tuple[str, ...]]:
+    ports = getattr(nat_range, "ports", None)
+    if ports is None:
+        return packets, ()
+    lo, hi = ports.first, ports.last
+    if getattr(nat_range, "base", None) not in (None, 0):
+        out = sp.assign_range(packets, port_field, lo, hi)  # type: ignore[attr-defined]
+        return out, (f"shifted port map to {lo}-{hi}: natlint keeps the whole range",)
+    if lo == hi:
+        return sp.assign(packets, port_field, lo), ()  # type: ignore[attr-defined]
+    inside = packets & sp.range(port_field, lo, hi)  # type: ignore[attr-defined, operator]
+    outside = packets - inside  # type: ignore[operator]
+    moved = sp.assign_range(outside, port_field, lo, hi)  # type: ignore[attr-defined]
+    reasons: tuple[str, ...] = ()
+    if not outside.is_empty():  # type: ignore[attr-defined]
+        reasons = (f"a port outside {lo}-{hi} becomes one of that range (the kernel picks a free one)",)
+    return inside | moved, reasons  # type: ignore[operator]
+
+
+def _host_scope(version: int, address: int) -> bool:
+    """127.0.0.0/8 and ::1 get scope host (iproute2 and the kernel's ioctl path set it)."""
+    return address >> 24 == 127 if version == 4 else address == 1
+
+
+def masquerade_address(host: object, ifname: str) -> int | None:
+    """The source address MASQUERADE gives a packet leaving ``ifname`` (``inet_select_addr``
+    with scope universe): the interface's first address that is not host-scoped, else the
+    first such address of any interface of the host (in interface order, as ifindex)."""
+    version = getattr(host, "family", 4)
+    iface = host.interface(ifname)  # type: ignore[attr-defined]
+    if iface is None or not iface.addresses:
+        return None
+    for a in iface.addresses:
+        if not _host_scope(version, a.address):
+            return int(a.address)
+    for other in host.interfaces:  # type: ignore[attr-defined]
+        for a in other.addresses:
+            if not _host_scope(version, a.address):
+                return int(a.address)
+    return None
+
+
+def _per_interface(sp: object, host: object, packets: object, iface_field: str, addr_field: str, port_field: str,
+                   ports: object, flag: str, *, masquerade: bool = False) -> Result:
+    results: Result = []
+    for name in real_interfaces(sp):  # type: ignore[attr-defined]
+        part = packets & sp.iface(iface_field, Interface(name))  # type: ignore[attr-defined, operator]
+        if part.is_empty():
+            continue
+        address = masquerade_address(host, name) if masquerade else host.primary_address(name)  # type: ignore[attr-defined]
+        if address is None:
+            results.append((part, "DROP", (f"interface {name} has no address in the host model: the kernel"
+                                           " drops what it cannot translate",)))
+            continue
+        out = sp.assign(part, addr_field, address)  # type: ignore[attr-defined]
+        out, reasons = _map_ports(sp, out, ports, port_field)
+        results.append((sp.assign(out, flag, True), "ACCEPT", reasons))  # type: ignore[attr-defined]
+    rest = packets
+    for name in real_interfaces(sp):  # type: ignore[attr-defined]
+        rest = rest - sp.iface(iface_field, Interface(name))  # type: ignore[attr-defined, operator]
+    if not rest.is_empty():  # type: ignore[attr-defined]
+        out = sp.forget(rest, addr_field)  # type: ignore[attr-defined]
+        results.append((sp.assign(out, flag, True), "ACCEPT",
+                        ("an interface the host model does not know: its address is unknown",)))
+    return results
