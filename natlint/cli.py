@@ -84,6 +84,7 @@ def check(paths: tuple[str, ...], fmt: str, fail_on: str, exit_zero: bool, famil
         out.write(format_json(findings, len(paths)))
     else:
         out.write(format_full(findings) if fmt == "full" else format_concise(findings))
+        out.flush()  # the summary goes to stderr: keep it after the findings on a terminal
         stats = summary(findings, len(paths))
         if findings:
             click.echo(f"Found {stats['errors']} error(s), {stats['warnings']} warning(s), {stats['infos']} info"

@@ -56,8 +56,8 @@ def ip(text: str) -> ipaddress.IPv4Address:
     return ipaddress.IPv4Address(text)
 
 
-OUTSIDE_TCP = {"in_interface": "eth0", "src": "198.51.100.2", "proto": "tcp", "sport": "41000"}
-C1_UDP = {"in_interface": "docker0", "src": "172.17.0.2", "proto": "udp", "sport": "41000"}
+OUTSIDE_TCP: dict[str, Any] = {"in_interface": "eth0", "src": "198.51.100.2", "proto": "tcp", "sport": "41000"}
+C1_UDP: dict[str, Any] = {"in_interface": "docker0", "src": "172.17.0.2", "proto": "udp", "sport": "41000"}
 
 
 # ------------------------------------------------------------------------------ chains
@@ -201,6 +201,19 @@ def test_snat_and_masquerade_rewrite_the_source() -> None:
     assert pkt(across).src == ip("172.17.0.1") and pkt(across).ct_snat  # docker0's address
 
 
+def test_random_port_mapping_always_picks_a_port() -> None:
+    dump = NAT_HEAD + "-A POSTROUTING -s 172.17.0.0/16 -o eth0 -j MASQUERADE --random-fully\n" \
+        "-A POSTROUTING -s 172.18.0.0/16 -o eth0 -p udp -j SNAT --to-source 198.51.100.1:2000-2100 --random\n" \
+        "COMMIT\n" + FILTER_OPEN
+    masq = one(run(dump, dst="198.51.100.3", dport="53", **C1_UDP))
+    assert masq.packets.values("sport") == [(1024, 65535)] and masq.certainty == "approximate"  # type: ignore[attr-defined]
+    low = one(run(dump, dst="198.51.100.3", dport="53", **{**C1_UDP, "sport": "123"}))
+    assert low.packets.values("sport") == [(1, 511)]  # type: ignore[attr-defined]
+    ranged = one(run(dump, in_interface="br-net1", src="172.18.0.2", sport="2050", dst="198.51.100.3",
+                     proto="udp", dport="53"))
+    assert ranged.packets.values("sport") == [(2000, 2100)]  # type: ignore[attr-defined]
+
+
 def test_masquerade_out_of_lo_takes_the_first_global_address() -> None:
     # inet_select_addr: lo has only 127.0.0.1 (scope host): the first global address of the host
     assert masquerade_address(HOST, "lo") == int(ip("198.51.100.1"))
@@ -312,7 +325,7 @@ def test_a_range_query_is_partitioned() -> None:
     # the parts are disjoint and, by their original destination port, cover the query
     for i, a in enumerate(outcomes):
         for b in outcomes[i + 1:]:
-            assert (a.packets & b.packets).is_empty()  # type: ignore[attr-defined, operator]
+            assert (a.packets & b.packets).is_empty()  # type: ignore[operator]
     covered = sorted(r for o in outcomes for r in (o.packets.values("orig_dport") or []))  # type: ignore[attr-defined]
     assert covered == [(7990, 8079), (8080, 8080), (8081, 8100)]
 

@@ -22,7 +22,7 @@ target, a conntrack/state/connmark match, CT...): without one, nat chains never 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -152,7 +152,8 @@ class Engine:
 
         self.ruleset = ruleset
         self.host = host
-        self.space = space if space is not None else PacketSpace(ruleset.family, compile_interfaces(ruleset, host))
+        self.space = space if space is not None else PacketSpace(
+            ruleset.family, compile_interfaces(ruleset, host))  # type: ignore[arg-type]
         self.record_steps = record_steps
         self.max_branches = max_branches
         # None: on when the rules need it (another user of the namespace may turn it on too)
@@ -167,7 +168,7 @@ class Engine:
         if found is None:
             from natlint.packets.compile import compile_rule
 
-            found = compile_rule(self.space, rule, self.host)
+            found = compile_rule(self.space, rule, self.host)  # type: ignore[arg-type]
             self._compiled[key] = found
         return found
 
@@ -286,8 +287,8 @@ class Engine:
             packets = sp.assign(b.packets, "ctstate", "UNTRACKED")  # type: ignore[attr-defined]
             live.append(b.extend(packets, step))
         elif name in _NON_TERMINAL_NO_EFFECT or name == "CT" or name == "SET":
-            reasons = ["SET changes an ipset that later '-m set' tests read"] if name == "SET" else []
-            live.append(b.extend(b.packets, step, reasons))
+            notes = ["SET changes an ipset that later '-m set' tests read"] if name == "SET" else []
+            live.append(b.extend(b.packets, step, notes))
         elif target.kind == "unknown":
             live.append(b.extend(b.packets, step, [f"natlint does not model the {name} target and assumes"
                                                    " it lets the packet continue"]))
@@ -296,8 +297,8 @@ class Engine:
 
             spec = TARGETS.get(name)
             if spec is not None and spec.terminal:
-                verdict: Verdict = "QUEUE" if name == "NFQUEUE" else "UNKNOWN"
-                stopped.append((b.extend(b.packets, step, [f"natlint does not model what {name} does"]), verdict))
+                fate: Verdict = "QUEUE" if name == "NFQUEUE" else "UNKNOWN"
+                stopped.append((b.extend(b.packets, step, [f"natlint does not model what {name} does"]), fate))
             else:
                 live.append(b.extend(b.packets, step, [f"natlint does not model what {name} does"]))
 
@@ -336,15 +337,15 @@ class Engine:
         outcomes: list[Outcome] = []
         groups: list[tuple[object, str | None]] = []
         rest = start
-        for bridge, part in self._l2_bridged(start):
+        for name, part in self._l2_bridged(start):
             rest = rest - part  # type: ignore[operator]
             if getattr(self.host, "br_netfilter", True):
-                groups.append((part, bridge))
+                groups.append((part, name))
             else:
                 step = Step("BRIDGE", "-", "-", None, None,
-                            f"bridged on {bridge}: iptables does not see it (br_netfilter is off)")
-                outcomes.append(Outcome(sp.assign(part, "oif", bridge), "ACCEPT",  # type: ignore[attr-defined]
-                                        Delivery("out", bridge), (step,)))
+                            f"bridged on {name}: iptables does not see it (br_netfilter is off)")
+                outcomes.append(Outcome(sp.assign(part, "oif", name), "ACCEPT",  # type: ignore[attr-defined]
+                                        Delivery("out", name), (step,)))
         groups.insert(0, (rest, None))
         for group, bridge in groups:
             if group.is_empty():  # type: ignore[attr-defined]
@@ -354,26 +355,25 @@ class Engine:
                 if decision.kind == "local":  # type: ignore[attr-defined]
                     self._input(b, outcomes)
                     continue
-                oif = decision.oif  # type: ignore[attr-defined]
-                if not getattr(self.host, "ip_forward", True):
-                    b = self._not_forwarded(b, oif, bridge, outcomes)
-                    if b is None:
-                        continue
+                oif: str = decision.oif  # type: ignore[attr-defined]
+                if not getattr(self.host, "ip_forward", True) and self._not_forwarded(b, oif, bridge, outcomes):
+                    continue
                 forwarded = self._hook("FORWARD", [b.extend(sp.assign(b.packets, "oif", oif))], outcomes)  # type: ignore[attr-defined]
                 for done in self._hook("POSTROUTING", forwarded, outcomes):
                     outcomes.append(Outcome(done.packets, "ACCEPT", Delivery("out", oif), done.steps, done.reasons))
         return _merge_outcomes(outcomes) if len(groups) > 1 else outcomes
 
-    def _not_forwarded(self, b: _Branch, oif: str, bridge: str | None, outcomes: list[Outcome]) -> _Branch | None:
-        """With ip_forward off routing drops what is for another host, except frames bridged
-        between two ports of one bridge (with br_netfilter they still cross FORWARD). A packet
-        DNATed back onto its bridge is dropped too (measured on 6.18: the route lookup gives
-        an unreachable route, so br_netfilter's "bridged DNAT" shortcut does not apply)."""
+    def _not_forwarded(self, b: _Branch, oif: str, bridge: str | None, outcomes: list[Outcome]) -> bool:
+        """With ip_forward off routing drops what is for another host (True: dropped), except
+        frames bridged between two ports of one bridge (with br_netfilter they still cross
+        FORWARD). A packet DNATed back onto its bridge is dropped too (measured on 6.18: the
+        route lookup gives an unreachable route, so br_netfilter's "bridged DNAT" shortcut does
+        not apply)."""
         if bridge is not None and oif == bridge:
-            return b
+            return False
         step = Step("ROUTING", "-", "-", None, None, "not forwarded: ip_forward is off")
         outcomes.append(Outcome(b.packets, "DROP", None, b.steps + (step,), b.reasons))
-        return None
+        return True
 
     def _l2_bridged(self, packets: object) -> list[tuple[str, object]]:
         """Per bridge, the packets that arrive on it for another host of its own subnet."""
@@ -509,7 +509,7 @@ def _conntrack_new(sp: object, packets: object) -> object:
     return new | rest  # type: ignore[operator]
 
 
-def _connmark_branch(sp: object, options: dict[str, object], b: _Branch, step: Step) -> _Branch:
+def _connmark_branch(sp: object, options: Mapping[str, object], b: _Branch, step: Step) -> _Branch:
     from natlint.extensions.targets_mangle import connmark_action
 
     action = connmark_action(options)  # type: ignore[arg-type]

@@ -4,6 +4,10 @@
   addresses, natlint keeps every candidate) and, when a port range is given, the destination
   port: a port already inside the range is kept, another becomes one of the range.
 * SNAT likewise on the source; without a port range the source port is kept.
+  ``--random``/``--random-fully`` always pick the port (nf_nat_l4proto_unique_tuple skips
+  its "keep the original port" step): one of the range, or for a source port without a
+  range one of its class (1-511, 600-1023, 1024-65535); a destination port is only changed
+  when a range is given.
 * MASQUERADE is SNAT to the address the kernel selects for the outgoing interface
   (``inet_select_addr``): its first address of global scope; for an interface with only
   host-scope addresses (``lo``: 127.0.0.0/8, ::1) the first global address of the other
@@ -45,25 +49,27 @@ def _range_of(options: Mapping[str, Option], *names: str) -> object | None:
 
 
 def apply(sp: object, host: object, target: str, options: Mapping[str, Option], hook: str, packets: object) -> Result:
+    rand = "random" in options or "random_fully" in options
     if target == "DNAT":
         nat_range = _range_of(options, "to_destination", "to")
-        out, reasons = _map(sp, packets, nat_range, "dst", "dport")
+        out, reasons = _map(sp, packets, nat_range, "dst", "dport", rand)
         return [(sp.assign(out, "ct_dnat", True), "ACCEPT", reasons)]  # type: ignore[attr-defined]
     if target == "SNAT":
         nat_range = _range_of(options, "to_source", "to")
-        out, reasons = _map(sp, packets, nat_range, "src", "sport")
+        out, reasons = _map(sp, packets, nat_range, "src", "sport", rand)
         return [(sp.assign(out, "ct_snat", True), "ACCEPT", reasons)]  # type: ignore[attr-defined]
     if target == "MASQUERADE":
         ports = _range_of(options, "to_ports", "to")
-        return _per_interface(sp, host, packets, "oif", "src", "sport", ports, "ct_snat", masquerade=True)
+        return _per_interface(sp, host, packets, "oif", "src", "sport", ports, "ct_snat", masquerade=True,
+                              random=rand)
     if target == "REDIRECT":
         ports = _range_of(options, "to_ports", "to")
         if hook == "OUTPUT":
             loopback = 0x7F000001 if getattr(sp, "family", 4) == 4 else 1
             out = sp.assign(packets, "dst", loopback)  # type: ignore[attr-defined]
-            out, reasons = _map_ports(sp, out, ports, "dport")
+            out, reasons = _map_ports(sp, out, ports, "dport", rand)
             return [(sp.assign(out, "ct_dnat", True), "ACCEPT", reasons)]  # type: ignore[attr-defined]
-        return _per_interface(sp, host, packets, "iif", "dst", "dport", ports, "ct_dnat")
+        return _per_interface(sp, host, packets, "iif", "dst", "dport", ports, "ct_dnat", random=rand)
     if target == "NETMAP":
         prefix = _range_of(options, "to")
         field = "dst" if hook in ("PREROUTING", "OUTPUT") else "src"
@@ -75,7 +81,7 @@ def apply(sp: object, host: object, target: str, options: Mapping[str, Option], 
     raise KeyError(target)
 
 
-def _map(sp: object, packets: object, nat_range: object, addr_field: str, port_field: str
+def _map(sp: object, packets: object, nat_range: object, addr_field: str, port_field: str, random: bool = False
          ) -> tuple[object, tuple[str, ...]]:
     reasons: list[str] = []
     out = packets
@@ -86,15 +92,29 @@ def _map(sp: object, packets: object, nat_range: object, addr_field: str, port_f
         else:
             out = sp.assign_range(out, addr_field, addresses.first, addresses.last)  # type: ignore[attr-defined]
             reasons.append(f"the kernel picks one address of {addresses} per connection (by hash)")
-    out, port_reasons = _map_ports(sp, out, nat_range, port_field)
+    out, port_reasons = _map_ports(sp, out, nat_range, port_field, random)
     return out, tuple(reasons) + port_reasons
 
 
-def _map_ports(sp: object, packets: object, nat_range: object, port_field: str) -> tuple[object, tuple[str, ...]]:
+# Without a range, a source port that must change stays in its class (nf_nat_l4proto_unique_tuple).
+_PORT_CLASSES = ((1, 511, 1, 511), (512, 1023, 600, 1023), (1024, 65535, 1024, 65535))
+
+
+def _map_ports(sp: object, packets: object, nat_range: object, port_field: str, random: bool = False
+               ) -> tuple[object, tuple[str, ...]]:
     ports = getattr(nat_range, "ports", None)
     if ports is None:
-        return packets, ()
+        if not random or port_field != "sport":
+            return packets, ()
+        out = packets & sp.value(port_field, 0)  # type: ignore[attr-defined, operator]
+        for first, last, lo, hi in _PORT_CLASSES:
+            part = packets & sp.range(port_field, first, last)  # type: ignore[attr-defined, operator]
+            out = out | sp.assign_range(part, port_field, lo, hi)  # type: ignore[attr-defined, operator]
+        return out, ("--random: the kernel picks the source port at random (in the original port's class)",)
     lo, hi = ports.first, ports.last
+    if random:
+        out = sp.assign_range(packets, port_field, lo, hi)  # type: ignore[attr-defined]
+        return out, (f"--random: the kernel picks the port in {lo}-{hi} at random",)
     if getattr(nat_range, "base", None) not in (None, 0):
         out = sp.assign_range(packets, port_field, lo, hi)  # type: ignore[attr-defined]
         return out, (f"shifted port map to {lo}-{hi}: natlint keeps the whole range",)
@@ -133,7 +153,7 @@ def masquerade_address(host: object, ifname: str) -> int | None:
 
 
 def _per_interface(sp: object, host: object, packets: object, iface_field: str, addr_field: str, port_field: str,
-                   ports: object, flag: str, *, masquerade: bool = False) -> Result:
+                   ports: object, flag: str, *, masquerade: bool = False, random: bool = False) -> Result:
     results: Result = []
     for name in real_interfaces(sp):  # type: ignore[attr-defined]
         part = packets & sp.iface(iface_field, Interface(name))  # type: ignore[attr-defined, operator]
@@ -145,13 +165,13 @@ def _per_interface(sp: object, host: object, packets: object, iface_field: str, 
                                            " drops what it cannot translate",)))
             continue
         out = sp.assign(part, addr_field, address)  # type: ignore[attr-defined]
-        out, reasons = _map_ports(sp, out, ports, port_field)
+        out, reasons = _map_ports(sp, out, ports, port_field, random)
         results.append((sp.assign(out, flag, True), "ACCEPT", reasons))  # type: ignore[attr-defined]
     rest = packets
     for name in real_interfaces(sp):  # type: ignore[attr-defined]
         rest = rest - sp.iface(iface_field, Interface(name))  # type: ignore[attr-defined, operator]
     if not rest.is_empty():  # type: ignore[attr-defined]
         out = sp.forget(rest, addr_field)  # type: ignore[attr-defined]
-        results.append((sp.assign(out, flag, True), "ACCEPT",
+        results.append((sp.assign(out, flag, True), "ACCEPT",  # type: ignore[attr-defined]
                         ("an interface the host model does not know: its address is unknown",)))
     return results

@@ -14,8 +14,12 @@ def _where(outcome: Outcome) -> str:
     if outcome.delivered is None:
         step = outcome.decided_by
         by = ""
-        if step is not None:
-            by = f" by line {step.line}" if step.line is not None else f" by {step.table} {step.chain} {step.action}"
+        if step is not None and step.line is not None and step.rule is not None:
+            by = f" by line {step.line}"
+        elif step is not None and step.table == "-":
+            by = f": {step.action}"
+        elif step is not None:
+            by = f" by the {step.table} {step.chain} {step.action}"
         return {"DROP": "dropped", "REJECT": "rejected", "QUEUE": "queued to userspace"}.get(
             outcome.verdict, "fate unknown") + by
     if outcome.delivered.to == "local":
@@ -35,8 +39,7 @@ def format_trace(outcomes: Sequence[Outcome]) -> str:
             lines.append(f"  packets: {clean(outcome.packets.describe())}")  # type: ignore[attr-defined]
         if pkt is not None:
             ports = f":{pkt.sport} -> {pkt.dst}:{pkt.dport}" if pkt.proto in (6, 17, 132, 33, 136) else f" -> {pkt.dst}"
-            lines.append(f"  e.g. proto {pkt.proto} {pkt.src}{ports}" if ports.startswith(":") else
-                         f"  e.g. proto {pkt.proto} {pkt.src}{ports}")
+            lines.append(f"  e.g. proto {pkt.proto} {pkt.src}{ports}")
             if pkt.orig_dst != pkt.dst or pkt.orig_src != pkt.src or pkt.orig_dport != pkt.dport:
                 lines.append(f"  before NAT: {pkt.orig_src}:{pkt.orig_sport} -> {pkt.orig_dst}:{pkt.orig_dport}")
         for step in outcome.steps:
