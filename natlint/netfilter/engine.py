@@ -211,14 +211,20 @@ class Engine:
             compiled = self.compiled(rule)
             match_set = compiled.set  # type: ignore[attr-defined]
             next_live: list[_Branch] = []
+            matches_all = match_set.is_all()  # type: ignore[attr-defined]
             for b in live:
-                hit = b.packets & match_set  # type: ignore[operator]
-                if hit.is_empty():
-                    next_live.append(b)
-                    continue
-                miss = b.packets - match_set  # type: ignore[operator]
-                if not miss.is_empty():
-                    next_live.append(_Branch(miss, b.steps, b.reasons))
+                if matches_all:  # no test (e.g. '-j KUBE-MARK-MASQ'): every packet matches
+                    hit = b.packets
+                else:
+                    hit = b.packets & match_set  # type: ignore[operator]
+                    if hit.is_empty():
+                        next_live.append(b)
+                        continue
+                # BDDs are canonical: the whole branch matched when hit is the same node
+                if not matches_all and hit != b.packets:
+                    miss = b.packets - match_set  # type: ignore[operator]
+                    if not miss.is_empty():
+                        next_live.append(_Branch(miss, b.steps, b.reasons))
                 reasons = compiled.reasons if compiled.approximate else ()  # type: ignore[attr-defined]
                 hit_branch = _Branch(hit, b.steps, b.reasons).extend(hit, None, reasons)
                 self._target(table, chain, hook, rule, hit_branch, depth, stopped, returned, next_live)
@@ -312,15 +318,20 @@ class Engine:
         """Union branches that share their history (or all of them when steps are not recorded)."""
         if len(branches) < 2:
             return branches
-        groups: dict[tuple[object, ...], _Branch] = {}
+        groups: dict[tuple[object, ...], list[_Branch]] = {}
         for b in branches:
             key: tuple[object, ...] = (b.steps, b.reasons) if self.record_steps else (b.reasons,)
-            seen = groups.get(key)
-            if seen is None:
-                groups[key] = b
+            groups.setdefault(key, []).append(b)
+        if len(groups) == len(branches):
+            return branches
+        merged: list[_Branch] = []
+        for group in groups.values():
+            first = group[0]
+            if len(group) == 1:
+                merged.append(first)
             else:
-                groups[key] = _Branch(seen.packets | b.packets, seen.steps, seen.reasons)  # type: ignore[operator]
-        return list(groups.values())
+                merged.append(_Branch(union_all([b.packets for b in group]), first.steps, first.reasons))
+        return merged
 
     # ---- the pipeline -------------------------------------------------------------------------
     def arriving(self, packets: object) -> list[Outcome]:
@@ -557,6 +568,23 @@ def _interfaces_of(sp: object, packets: object) -> list[str]:
         if not (packets & sp.iface("oif", _iface(name))).is_empty():  # type: ignore[attr-defined, operator]
             names.append(name)
     return names
+
+
+def union_all(sets: Sequence[object]) -> object:
+    """The union of non-empty list of packet sets, as a balanced tree of ``|``.
+
+    Unioning many sets left to right makes each step pay for the size of everything
+    unioned so far (quadratic for thousands of small disjoint DNAT results); pairing them
+    up level by level costs about the final size per level. BDDs are canonical: the result
+    is the same set whatever the order.
+    """
+    level = list(sets)
+    while len(level) > 1:
+        paired = [level[i] | level[i + 1] for i in range(0, len(level) - 1, 2)]  # type: ignore[operator]
+        if len(level) % 2:
+            paired.append(level[-1])
+        level = paired
+    return level[0]
 
 
 def prefixes_union(sp: object, prefixes: Iterable[Prefix]) -> object:

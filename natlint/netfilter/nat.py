@@ -50,6 +50,12 @@ def _range_of(options: Mapping[str, Option], *names: str) -> object | None:
 
 def apply(sp: object, host: object, target: str, options: Mapping[str, Option], hook: str, packets: object) -> Result:
     rand = "random" in options or "random_fully" in options
+    if target in ("DNAT", "SNAT"):
+        nat_range = _range_of(options, "to_destination" if target == "DNAT" else "to_source", "to")
+        fields = ("dst", "dport", "ct_dnat") if target == "DNAT" else ("src", "sport", "ct_snat")
+        fixed = _fixed_mapping(nat_range, fields, rand)
+        if fixed is not None:  # one address (and one port): a single ∃ and ∧
+            return [(sp.assign_fields(packets, fixed), "ACCEPT", ())]  # type: ignore[attr-defined]
     if target == "DNAT":
         nat_range = _range_of(options, "to_destination", "to")
         out, reasons = _map(sp, packets, nat_range, "dst", "dport", rand)
@@ -79,6 +85,28 @@ def apply(sp: object, host: object, target: str, options: Mapping[str, Option], 
         flag = "ct_dnat" if field == "dst" else "ct_snat"
         return [(sp.assign(out, flag, True), "ACCEPT", ())]  # type: ignore[attr-defined]
     raise KeyError(target)
+
+
+def _fixed_mapping(nat_range: object, fields: tuple[str, str, str], random: bool) -> dict[str, object] | None:
+    """{field: value} when the range maps to one address (or keeps it) and one port (or keeps
+    it) with no reason to report: what _map then the flag assignment do, at once."""
+    addr_field, port_field, flag = fields
+    values: dict[str, object] = {}
+    addresses = getattr(nat_range, "addresses", None)
+    if addresses is not None:
+        if addresses.first != addresses.last:
+            return None
+        values[addr_field] = addresses.first
+    ports = getattr(nat_range, "ports", None)
+    if ports is None:
+        if random and port_field == "sport":
+            return None
+    else:
+        if random or getattr(nat_range, "base", None) not in (None, 0) or ports.first != ports.last:
+            return None
+        values[port_field] = ports.first
+    values[flag] = True
+    return values
 
 
 def _map(sp: object, packets: object, nat_range: object, addr_field: str, port_field: str, random: bool = False

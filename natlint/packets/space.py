@@ -834,6 +834,25 @@ class PacketSpace:
         number = self.encode(name, value)
         return self._guard(lambda: self._valid & self._exist(packets.node, [name]) & self._value_node(name, number))
 
+    def assign_fields(self, packets: PacketSet, values: Mapping[str, object]) -> PacketSet:
+        """Several fields := values at once: ``∃fields.S ∧ field1 = v1 ∧ ...`` (one ∃, one ∧).
+
+        The same set as :meth:`assign` field after field when at most the last of them is
+        tested by the validity constraint (iif, oif, ctstate, ct_dnat, ct_snat), e.g. DNAT's
+        dst, dport then ct_dnat.
+        """
+        self._own(packets)
+        names = [self._field(n) for n in values]
+        cube: dict[str, bool] = {}
+        for name, value in zip(names, values.values(), strict=True):
+            number = self.encode(name, value)
+            width = self.widths[name]
+            if not 0 <= number < (1 << width):
+                return self.none()
+            for i, var in enumerate(self._vars[name]):
+                cube[var] = bool(number >> (width - 1 - i) & 1)
+        return self._guard(lambda: self._valid & (self._exist(packets.node, names) & self._bdd.cube(cube)))
+
     def assign_range(self, packets: PacketSet, name: str, lo: object, hi: object) -> PacketSet:
         """field := any value in [lo, hi]: ``∃field.S ∧ field ∈ [lo, hi]`` (NAT ranges)."""
         self._own(packets)
