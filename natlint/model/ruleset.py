@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
-from typing import Literal
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal, TypeVar
 
 __all__ = [
     "SourcePos",
@@ -191,3 +191,29 @@ class Ruleset:
     @property
     def rule_count(self) -> int:
         return sum(len(c.rules) for t in self.tables.values() for c in t.chains.values())
+
+
+_T = TypeVar("_T")
+
+
+def _positional_constructor(cls: type[_T]) -> Callable[..., _T]:
+    """``cls(*values)`` for a frozen, slotted dataclass with every field given, about twice as
+    fast: the generated ``__init__`` calls ``object.__setattr__`` by name for each field, this
+    one calls each slot's setter directly. Same object (no ``__post_init__``, no conversion)."""
+    names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+    assert names == list(cls.__slots__) and "__post_init__" not in vars(cls)  # type: ignore[attr-defined]
+    scope: dict[str, Any] = {"_new": object.__new__, "_cls": cls}
+    body = [f"def make({', '.join(names)}):", "    o = _new(_cls)"]
+    for i, name in enumerate(names):
+        scope[f"_set{i}"] = getattr(cls, name).__set__
+        body.append(f"    _set{i}(o, {name})")
+    body.append("    return o")
+    exec("\n".join(body), scope)
+    make: Callable[..., _T] = scope["make"]
+    make.__doc__ = f"{cls.__name__}(*values), with every field given (see _positional_constructor)."
+    return make
+
+
+# For readers that build one of these per line of a large dump.
+make_rule: Callable[..., Rule] = _positional_constructor(Rule)
+make_source_pos: Callable[[str, int, int], SourcePos] = _positional_constructor(SourcePos)

@@ -42,6 +42,13 @@ _V4_BITS = 32
 _V6_BITS = 128
 
 
+_HEX = re.compile(r"0[xX][0-9a-fA-F]+")
+_OCTAL = re.compile(r"0[0-7]+")
+_DECIMAL = re.compile(r"[0-9]+")
+_PORT_NUMBER = re.compile(r"0[xX][0-9a-fA-F]+|[0-9]+")
+_DOTTED_QUAD = re.compile(r"(?:0|[1-9][0-9]{0,2})(?:\.(?:0|[1-9][0-9]{0,2})){3}")
+
+
 def parse_uint(text: str, maximum: int = 0xFFFFFFFF, *, what: str = "number") -> int:
     """Parse an unsigned integer like ``strtoul(text, &end, 0)`` with full consumption.
 
@@ -49,18 +56,22 @@ def parse_uint(text: str, maximum: int = 0xFFFFFFFF, *, what: str = "number") ->
     ``xtables_strtoul`` lets ``strtoumax`` skip: leading whitespace and one ``+`` (not ``-``, and
     nothing after the digits).
     """
-    t = text.lstrip(" \t\n\v\f\r")
-    if t[:1] == "+":
-        t = t[1:]
     try:
-        if re.fullmatch(r"0[xX][0-9a-fA-F]+", t):
-            value = int(t, 16)
-        elif re.fullmatch(r"0[0-7]+", t):
-            value = int(t, 8)
-        elif re.fullmatch(r"[0-9]+", t):
-            value = int(t, 10)
+        if text.isdigit() and text.isascii() and (text[0] != "0" or len(text) == 1):
+            value = int(text)  # plain decimal, the common case
         else:
-            raise ValueError
+            t = text.lstrip(" \t\n\v\f\r")
+            if t[:1] == "+":
+                t = t[1:]
+            if _HEX.fullmatch(t):
+                value = int(t, 16)
+            elif _OCTAL.fullmatch(t):
+                value = int(t, 8)
+            elif _DECIMAL.fullmatch(t) and (t[0] != "0" or len(t) == 1):
+                # strtoul base 0 reads "08" as octal and stops at the 8: not a number
+                value = int(t, 10)
+            else:
+                raise ValueError
     except ValueError:
         raise ValueError(f"{text!r} is not a valid {what}") from None
     if value > maximum:
@@ -124,6 +135,11 @@ def _ipv4_numeric(text: str, *, is_mask: bool = False) -> int | None:
     parts = text.split(".")
     if len(parts) > 4 or (is_mask and len(parts) != 4):
         return None
+    if _DOTTED_QUAD.fullmatch(text):
+        a, b, c, d = map(int, parts)  # four plain decimal numbers, the common case
+        if a < 256 and b < 256 and c < 256 and d < 256:
+            return a << 24 | b << 16 | c << 8 | d
+        return None
     value = 0
     for i in range(4):
         if i < len(parts):
@@ -179,7 +195,7 @@ def parse_prefix(text: str, version: int) -> Prefix:
         mask = full
     else:
         mask_value: int | None
-        if re.fullmatch(r"[0-9]+", mask_text):
+        if mask_text.isdigit() and mask_text.isascii():
             plen = int(mask_text)
             if plen > bits:
                 raise ValueError(f"'/{mask_text}' is not a valid prefix length: at most {bits}")
@@ -249,7 +265,7 @@ _SERVICES: dict[str, int] = {
 
 def parse_port(text: str, proto: str | None = None) -> int:
     """A port number or service name (``xtables_parse_port``)."""
-    if re.fullmatch(r"0[xX][0-9a-fA-F]+|[0-9]+", text):
+    if _PORT_NUMBER.fullmatch(text):
         return parse_uint(text, 65535, what="port")
     known = _SERVICES.get(text)
     if known is not None:
@@ -391,7 +407,7 @@ def parse_protocol(text: str) -> Protocol:
     lowered = text.lower()
     if lowered in PROTOCOL_NUMBERS:
         return Protocol(PROTOCOL_NUMBERS[lowered])
-    if re.fullmatch(r"0[xX][0-9a-fA-F]+|[0-9]+", text):
+    if _PORT_NUMBER.fullmatch(text):
         return Protocol(parse_uint(text, 255, what="protocol number"))
     raise ValueError(f"unknown protocol '{text}': use a name such as tcp, udp, icmp or a number 0-255")
 
