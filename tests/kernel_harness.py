@@ -72,7 +72,6 @@ import json
 import os
 import re
 import selectors
-import shutil
 import signal
 import socket
 import struct
@@ -88,7 +87,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Literal, NamedTuple, Self
 
-from oracle import RestoreResult
+from oracle import _SEARCH_PATH, RestoreResult, _which
 
 __all__ = [
     "Arrival",
@@ -127,9 +126,6 @@ XT_TABLES = ("raw", "mangle", "nat", "filter", "security")
 _TABLE_RANK = {name: i for i, name in enumerate(XT_TABLES)}
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
 _RESERVED = {"host", "outside", "internet", "sw"}
-_SEARCH_PATH = os.pathsep.join(
-    [os.environ.get("PATH", ""), "/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/bin", "/bin"]
-)
 _SCRIPT = str(Path(__file__).resolve())
 
 
@@ -983,10 +979,6 @@ def _agent_main(argv: Sequence[str]) -> int:
 # ============================================================================================
 # Controller helpers
 # ============================================================================================
-
-
-def _which(tool: str) -> str | None:
-    return shutil.which(tool, path=_SEARCH_PATH)
 
 
 def _tool(tool: str) -> str:
