@@ -827,6 +827,14 @@ def _compile(shape: tuple[str, ...], texts: Sequence[str], family: int) -> LineP
     return LinePlan(c, expansions, ctx, tuple(steps), target_after, proto if popt is not None else None)
 
 
+def _remember(cache: dict[Any, Any], key: object, value: Any) -> Any:
+    """Store a built value in a bounded per-plan cache and return it."""
+    if len(cache) >= _CACHE_LIMIT:
+        cache.clear()
+    cache[key] = value
+    return value
+
+
 def bind_planned(plan: LinePlan, words: list[str], columns: list[int], family: int) -> Bound:
     """Bind a line that has a plan (its abbreviations already expanded): the same result as
     :func:`bind`, without deciding again what each word is."""
@@ -846,12 +854,7 @@ def bind_planned(plan: LinePlan, words: list[str], columns: list[int], family: i
         core["protocol"] = protocol = built_core[0]  # type: ignore[assignment]
     for cs in plan.addresses:
         ckey = (words[cs.arg], columns[cs.at])
-        built_core = cs.built.get(ckey)
-        if built_core is None:
-            built_core = _address(cs, ckey[0], ckey[1], family)
-            if len(cs.built) >= _CACHE_LIMIT:
-                cs.built.clear()
-            cs.built[ckey] = built_core
+        built_core = cs.built.get(ckey) or _remember(cs.built, ckey, _address(cs, ckey[0], ckey[1], family))
         if built_core[1]:
             problems.extend(built_core[1])
         option = built_core[0]
@@ -869,12 +872,7 @@ def bind_planned(plan: LinePlan, words: list[str], columns: list[int], family: i
             problems.append(BindProblem("NL001", _NEGATED_LIST, plan.core_at[negated[0]], final=True))
     for cs in plan.interfaces:
         ckey = (words[cs.arg], columns[cs.at])
-        built_core = cs.built.get(ckey)
-        if built_core is None:
-            built_core = _interface(cs, ckey[0], ckey[1])
-            if len(cs.built) >= _CACHE_LIMIT:
-                cs.built.clear()
-            cs.built[ckey] = built_core
+        built_core = cs.built.get(ckey) or _remember(cs.built, ckey, _interface(cs, ckey[0], ckey[1]))
         if built_core[1]:
             problems.extend(built_core[1])
         option = built_core[0]
