@@ -64,6 +64,13 @@ class Option:
         return self.values[0] if self.values else None
 
 
+def _find_option(options: tuple[Option, ...], name: str) -> Option | None:
+    for opt in options:
+        if opt.name == name:
+            return opt
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class Match:
     """A match module loaded by ``-m NAME`` (or implicitly by ``-p tcp``)."""
@@ -75,10 +82,7 @@ class Match:
     column: int = 0
 
     def option(self, name: str) -> Option | None:
-        for opt in self.options:
-            if opt.name == name:
-                return opt
-        return None
+        return _find_option(self.options, name)
 
 
 TargetKind = Literal["verdict", "chain", "extension", "unknown"]
@@ -95,10 +99,7 @@ class Target:
     column: int = 0
 
     def option(self, name: str) -> Option | None:
-        for opt in self.options:
-            if opt.name == name:
-                return opt
-        return None
+        return _find_option(self.options, name)
 
     @property
     def is_chain(self) -> bool:
