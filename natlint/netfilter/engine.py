@@ -129,11 +129,17 @@ class _Branch:
     packets: object
     steps: tuple[Step, ...] = ()
     reasons: tuple[str, ...] = ()
+    # Fields of the conntrack original tuple not yet recorded in the set: for the branch's
+    # NEW packets orig_FIELD is implicitly FIELD (see Engine._settle).
+    lazy: frozenset[str] = frozenset()
 
     def extend(self, packets: object, step: Step | None = None, reasons: Iterable[str] = ()) -> _Branch:
         new_reasons = self.reasons + tuple(r for r in reasons if r not in self.reasons)
         steps = self.steps + (step,) if step is not None else self.steps
-        return _Branch(packets, steps, new_reasons)
+        return _Branch(packets, steps, new_reasons, self.lazy)
+
+    def with_packets(self, packets: object) -> _Branch:
+        return _Branch(packets, self.steps, self.reasons, self.lazy)
 
 
 @dataclass
@@ -159,6 +165,9 @@ class Engine:
         # None: on when the rules need it (another user of the namespace may turn it on too)
         self.conntrack = uses_conntrack(ruleset) if conntrack is None else conntrack
         self._compiled: dict[int, object] = {}
+        self._orig_reads: dict[int, frozenset[str]] = {}
+        self._iif_free: bool | None = None
+        self._shared: tuple[object, list[Outcome]] | None = None
         self._branches = 0
 
     # ---- compiled rules -------------------------------------------------------------------
@@ -212,7 +221,10 @@ class Engine:
             match_set = compiled.set  # type: ignore[attr-defined]
             next_live: list[_Branch] = []
             matches_all = match_set.is_all()  # type: ignore[attr-defined]
+            reads = self._reads_orig(rule, match_set)
             for b in live:
+                if reads and b.lazy & reads:  # the rule tests the original tuple: record it first
+                    b = self._settle(b, b.lazy & reads)
                 if matches_all:  # no test (e.g. '-j KUBE-MARK-MASQ'): every packet matches
                     hit = b.packets
                 else:
@@ -224,9 +236,9 @@ class Engine:
                 if not matches_all and hit != b.packets:
                     miss = b.packets - match_set  # type: ignore[operator]
                     if not miss.is_empty():
-                        next_live.append(_Branch(miss, b.steps, b.reasons))
+                        next_live.append(b.with_packets(miss))
                 reasons = compiled.reasons if compiled.approximate else ()  # type: ignore[attr-defined]
-                hit_branch = _Branch(hit, b.steps, b.reasons).extend(hit, None, reasons)
+                hit_branch = b.with_packets(hit).extend(hit, None, reasons)
                 self._target(table, chain, hook, rule, hit_branch, depth, stopped, returned, next_live)
             live = self._merge(next_live)
         returned.extend(live)
@@ -279,6 +291,8 @@ class Engine:
         if name == "REJECT":
             stopped.append((b.extend(b.packets, step), "REJECT"))
         elif name in nat.NAT_TARGETS:
+            if b.lazy:  # conntrack keeps the original tuple: record it before rewriting it
+                b = self._settle(b, b.lazy & _rewritten_by(name, hook))
             for packets, verdict, reasons in nat.apply(sp, self.host, name, options, hook, b.packets):
                 stopped.append((b.extend(packets, step, reasons), verdict))
         elif name == "MARK":
@@ -290,6 +304,7 @@ class Engine:
         elif name == "CONNMARK":
             live.append(_connmark_branch(sp, options, b, step))
         elif name == "NOTRACK" or (name == "CT" and "notrack" in options):
+            b = self._settle(b, b.lazy)  # the packets stop being NEW: record their tuple now
             packets = sp.assign(b.packets, "ctstate", "UNTRACKED")  # type: ignore[attr-defined]
             live.append(b.extend(packets, step))
         elif name in _NON_TERMINAL_NO_EFFECT or name == "CT" or name == "SET":
@@ -308,6 +323,48 @@ class Engine:
             else:
                 live.append(b.extend(b.packets, step, [f"natlint does not model what {name} does"]))
 
+    # ---- the conntrack original tuple ---------------------------------------------------------
+    def _conntrack_start(self, packets: object) -> tuple[object, frozenset[str]]:
+        """Conntrack records the original tuple of a new connection before any NAT. The copy
+        is deferred (the branch's ``lazy`` fields): carrying orig_X = X through every rule
+        makes every set bigger. A set that already tests orig_* or opaque predicates gets the
+        copy at once (what it means then: :func:`_conntrack_new`)."""
+        sp = self.space
+        support = packets.node.support  # type: ignore[attr-defined]
+        if support and not support <= self._plain_vars():
+            return _conntrack_new(sp, packets), frozenset()
+        return packets, _TUPLE
+
+    def _plain_vars(self) -> frozenset[str]:
+        found = getattr(self, "_plain", None)
+        if found is None:
+            sp = self.space
+            found = frozenset(v for name in sp.fields if not name.startswith("orig_")  # type: ignore[attr-defined]
+                              for v in sp.variables(name))  # type: ignore[attr-defined]
+            self._plain = found
+        return found
+
+    def _reads_orig(self, rule: Rule, match_set: object) -> frozenset[str]:
+        """The fields X whose orig_X the rule's tests read."""
+        key = id(rule)
+        found = self._orig_reads.get(key)
+        if found is None:
+            sp = self.space
+            support = match_set.node.support  # type: ignore[attr-defined]
+            found = frozenset(f for f in _TUPLE if any(v in support for v in sp.variables(f"orig_{f}")))  # type: ignore[attr-defined]
+            self._orig_reads[key] = found
+        return found
+
+    def _settle(self, b: _Branch, fields: frozenset[str]) -> _Branch:
+        """Record orig_X = X for these lazy fields of the branch's NEW packets."""
+        if not fields:
+            return b
+        return _Branch(_materialize(self.space, b.packets, fields), b.steps, b.reasons, b.lazy - fields)
+
+    def _final(self, b: _Branch) -> object:
+        """The branch's packets with the whole original tuple recorded (an outcome's set)."""
+        return _materialize(self.space, b.packets, b.lazy)
+
     # ---- bookkeeping --------------------------------------------------------------------------
     def _count(self) -> None:
         self._branches += 1
@@ -320,7 +377,7 @@ class Engine:
             return branches
         groups: dict[tuple[object, ...], list[_Branch]] = {}
         for b in branches:
-            key: tuple[object, ...] = (b.steps, b.reasons) if self.record_steps else (b.reasons,)
+            key: tuple[object, ...] = (b.steps, b.reasons, b.lazy) if self.record_steps else (b.reasons, b.lazy)
             groups.setdefault(key, []).append(b)
         if len(groups) == len(branches):
             return branches
@@ -330,7 +387,7 @@ class Engine:
             if len(group) == 1:
                 merged.append(first)
             else:
-                merged.append(_Branch(union_all([b.packets for b in group]), first.steps, first.reasons))
+                merged.append(first.with_packets(union_all([b.packets for b in group])))
         return merged
 
     # ---- the pipeline -------------------------------------------------------------------------
@@ -342,10 +399,73 @@ class Engine:
         FORWARD (``-i br -o br``) and POSTROUTING, whatever ``ip_forward`` says; without it
         iptables never sees it. Routed packets for another host need ``ip_forward``.
         """
+        shared = self._arriving_shared(packets)
+        if shared is not None:
+            return shared
+        return self._arriving(packets)
+
+    def _arriving_shared(self, packets: object) -> list[Outcome] | None:
+        """When nothing on the way tests or uses the input interface, the outcomes for packets
+        arriving on one interface are those for the same packets arriving on any interface,
+        restricted to it: one run serves every interface (the last one is kept). None when
+        this does not apply."""
+        sp = self.space
+        if not self._no_iif_dependence():
+            return None
+        others = [name for name in sp.fields if name != "iif"]  # type: ignore[attr-defined]
+        if packets.node.support - self._plain_vars():  # type: ignore[attr-defined]
+            return None  # tests the original tuple or opaque predicates
+        anywhere = sp.forget(packets, "iif")  # type: ignore[attr-defined]
+        where = sp.forget(packets, *others)  # type: ignore[attr-defined]
+        if anywhere & where != packets:  # type: ignore[operator]
+            return None  # the input interface is tied to other fields
+        if self._shared is None or self._shared[0] != anywhere:
+            try:
+                self._shared = (anywhere, self._arriving_parts(anywhere))
+            except BranchBudgetExceeded:  # every interface at once may split more than one does
+                return None
+        pre, parts = self._shared[1]  # type: ignore[misc]
+
+        def restrict(outcomes: list[Outcome]) -> list[Outcome]:
+            found: list[Outcome] = []
+            for o in outcomes:
+                part = o.packets & where  # type: ignore[operator]
+                if not part.is_empty():
+                    found.append(Outcome(part, o.verdict, o.delivered, o.steps, o.reasons, o.note))
+            return found
+
+        # what one run on these packets would have split off (_l2_bridged is per input interface)
+        groups = [(g & where, bridge, restrict(outs)) for g, bridge, outs in parts]  # type: ignore[operator]
+        groups = [groups[0]] + [g for g in groups[1:] if not g[0].is_empty()]  # type: ignore[attr-defined]
+        return _assemble(restrict(pre), groups)
+
+    def _no_iif_dependence(self) -> bool:
+        """No rule tests the input interface and no target uses it (REDIRECT)."""
+        if self._iif_free is None:
+            sp = self.space
+            free = True
+            for rule in self.ruleset.rules():
+                if rule.target is not None and rule.target.name == "REDIRECT":
+                    free = False
+                    break
+                match_set = self.compiled(rule).set  # type: ignore[attr-defined]
+                if sp.tests_field(match_set, "iif"):  # type: ignore[attr-defined]
+                    free = False
+                    break
+            self._iif_free = free
+        return self._iif_free
+
+    def _arriving(self, packets: object) -> list[Outcome]:
+        return _assemble(*self._arriving_parts(packets))
+
+    def _arriving_parts(self, packets: object
+                        ) -> tuple[list[Outcome], list[tuple[object, str | None, list[Outcome]]]]:
+        """(outcomes of frames bridged without br_netfilter, per group: (its packets, its
+        bridge or None, its outcomes)); the first group is what is not bridged."""
         self._branches = 0
         sp = self.space
-        start = _conntrack_new(sp, packets)
-        outcomes: list[Outcome] = []
+        start, lazy = self._conntrack_start(packets)
+        pre: list[Outcome] = []
         groups: list[tuple[object, str | None]] = []
         rest = start
         for name, part in self._l2_bridged(start):
@@ -355,13 +475,17 @@ class Engine:
             else:
                 step = Step("BRIDGE", "-", "-", None, None,
                             f"bridged on {name}: iptables does not see it (br_netfilter is off)")
-                outcomes.append(Outcome(sp.assign(part, "oif", name), "ACCEPT",  # type: ignore[attr-defined]
-                                        Delivery("out", name), (step,)))
+                part = _materialize(sp, part, lazy)
+                pre.append(Outcome(sp.assign(part, "oif", name), "ACCEPT",  # type: ignore[attr-defined]
+                                   Delivery("out", name), (step,)))
         groups.insert(0, (rest, None))
+        parts: list[tuple[object, str | None, list[Outcome]]] = []
         for group, bridge in groups:
+            outcomes: list[Outcome] = []
+            parts.append((group, bridge, outcomes))
             if group.is_empty():  # type: ignore[attr-defined]
                 continue
-            branches = self._hook("PREROUTING", [_Branch(group)], outcomes)
+            branches = self._hook("PREROUTING", [_Branch(group, lazy=lazy)], outcomes)
             for b, decision in self._route(branches, outcomes):
                 if decision.kind == "local":  # type: ignore[attr-defined]
                     self._input(b, outcomes)
@@ -371,8 +495,9 @@ class Engine:
                     continue
                 forwarded = self._hook("FORWARD", [b.extend(sp.assign(b.packets, "oif", oif))], outcomes)  # type: ignore[attr-defined]
                 for done in self._hook("POSTROUTING", forwarded, outcomes):
-                    outcomes.append(Outcome(done.packets, "ACCEPT", Delivery("out", oif), done.steps, done.reasons))
-        return _merge_outcomes(outcomes) if len(groups) > 1 else outcomes
+                    outcomes.append(Outcome(self._final(done), "ACCEPT", Delivery("out", oif), done.steps,
+                                            done.reasons))
+        return pre, parts
 
     def _not_forwarded(self, b: _Branch, oif: str, bridge: str | None, outcomes: list[Outcome]) -> bool:
         """With ip_forward off routing drops what is for another host (True: dropped), except
@@ -383,7 +508,7 @@ class Engine:
         if bridge is not None and oif == bridge:
             return False
         step = Step("ROUTING", "-", "-", None, None, "not forwarded: ip_forward is off")
-        outcomes.append(Outcome(b.packets, "DROP", None, b.steps + (step,), b.reasons))
+        outcomes.append(Outcome(self._final(b), "DROP", None, b.steps + (step,), b.reasons))
         return True
 
     def _l2_bridged(self, packets: object) -> list[tuple[str, object]]:
@@ -426,7 +551,11 @@ class Engine:
                     address = self.host.primary_address(oif)  # type: ignore[attr-defined]
                     pkt = sp.assign(pkt, "src", address) if address is not None else pkt  # type: ignore[attr-defined]
             start.append(b.extend(pkt))
-        start = [b.extend(_conntrack_new(sp, b.packets)) for b in start]
+        tracked: list[_Branch] = []
+        for b in start:
+            packets, lazy = self._conntrack_start(b.packets)
+            tracked.append(_Branch(packets, b.steps, b.reasons, lazy))
+        start = tracked
         after_output = self._hook("OUTPUT", start, outcomes)
         # nat OUTPUT or mangle may have changed the destination: route again.
         rerouted: list[_Branch] = []
@@ -439,7 +568,7 @@ class Engine:
                 looped = local_part.extend(sp.assign(sp.assign(local_part.packets, "iif", "lo"), "oif", None))  # type: ignore[attr-defined]
                 self._loopback_input(looped, outcomes)
             if out_part is not None:
-                pkt = out_part.packets
+                pkt = self._final(out_part)
                 for oif in _interfaces_of(sp, pkt):
                     part = pkt & sp.iface("oif", _iface(oif))  # type: ignore[attr-defined, operator]
                     outcomes.append(Outcome(part, "ACCEPT", Delivery("out", oif), out_part.steps, out_part.reasons))
@@ -447,14 +576,15 @@ class Engine:
 
     def _input(self, b: _Branch, outcomes: list[Outcome]) -> None:
         for done in self._hook("INPUT", [b], outcomes):
-            outcomes.append(Outcome(done.packets, "ACCEPT", Delivery("local", None), done.steps, done.reasons))
+            outcomes.append(Outcome(self._final(done), "ACCEPT", Delivery("local", None), done.steps, done.reasons))
 
     def _loopback_input(self, b: _Branch, outcomes: list[Outcome]) -> None:
         # The connection is already tracked and NATed (OUTPUT/POSTROUTING): nat does not run again.
         pre = self._hook("PREROUTING", [b], outcomes, nat=False)
         for p in pre:
             for done in self._hook("INPUT", [p], outcomes, nat=False):
-                outcomes.append(Outcome(done.packets, "ACCEPT", Delivery("local", "lo"), done.steps, done.reasons))
+                outcomes.append(Outcome(self._final(done), "ACCEPT", Delivery("local", "lo"), done.steps,
+                                        done.reasons))
 
     def _hook(self, hook: str, branches: list[_Branch], outcomes: list[Outcome], *, nat: bool = True
               ) -> list[_Branch]:
@@ -466,8 +596,8 @@ class Engine:
                 if not nat or not self.conntrack:
                     continue
                 new_set = sp.ctstate(["NEW"])  # type: ignore[attr-defined]
-                todo = [_Branch(b.packets & new_set, b.steps, b.reasons) for b in branches]  # type: ignore[operator]
-                passing = [_Branch(b.packets - new_set, b.steps, b.reasons) for b in branches]  # type: ignore[operator]
+                todo = [b.with_packets(b.packets & new_set) for b in branches]  # type: ignore[operator]
+                passing = [b.with_packets(b.packets - new_set) for b in branches]  # type: ignore[operator]
                 todo = [b for b in todo if not b.packets.is_empty()]  # type: ignore[attr-defined]
                 passing = [b for b in passing if not b.packets.is_empty()]  # type: ignore[attr-defined]
                 result = self.run_table(table, hook, todo)
@@ -476,7 +606,7 @@ class Engine:
                 result = self.run_table(table, hook, branches)
                 branches = result.accepted
             for b, verdict in result.stopped:
-                outcomes.append(Outcome(b.packets, verdict, None, b.steps, b.reasons))
+                outcomes.append(Outcome(self._final(b), verdict, None, b.steps, b.reasons))
         return branches
 
     def _route(self, branches: list[_Branch], outcomes: list[Outcome], *, output: bool = False
@@ -494,10 +624,18 @@ class Engine:
                     continue
                 if decision.kind == "unreachable":
                     step = Step("ROUTING", "-", "-", None, None, "no route to the destination")
-                    outcomes.append(Outcome(part, "DROP", None, b.steps + (step,), b.reasons))
+                    outcomes.append(Outcome(_materialize(sp, part, b.lazy), "DROP", None, b.steps + (step,),
+                                            b.reasons))
                     continue
-                routed.append((_Branch(part, b.steps, b.reasons), decision))
+                routed.append((b.with_packets(part), decision))
         return routed
+
+
+def _assemble(pre: list[Outcome], parts: list[tuple[object, str | None, list[Outcome]]]) -> list[Outcome]:
+    outcomes = list(pre)
+    for _group, _bridge, found in parts:
+        outcomes.extend(found)
+    return _merge_outcomes(outcomes) if len(parts) > 1 else outcomes
 
 
 def _merge_outcomes(outcomes: list[Outcome]) -> list[Outcome]:
@@ -509,6 +647,35 @@ def _merge_outcomes(outcomes: list[Outcome]) -> list[Outcome]:
         merged[key] = o if seen is None else Outcome(seen.packets | o.packets, o.verdict, o.delivered,  # type: ignore[operator]
                                                      o.steps, o.reasons, o.note)
     return list(merged.values())
+
+
+_TUPLE = frozenset({"src", "dst", "sport", "dport"})
+
+
+def _rewritten_by(target: str, hook: str) -> frozenset[str]:
+    """The tuple fields a NAT target may rewrite."""
+    if target in ("DNAT", "REDIRECT"):
+        return frozenset({"dst", "dport"})
+    if target in ("SNAT", "MASQUERADE"):
+        return frozenset({"src", "sport"})
+    if target == "NETMAP":
+        return frozenset({"dst"}) if hook in ("PREROUTING", "OUTPUT") else frozenset({"src"})
+    return _TUPLE
+
+
+def _materialize(sp: object, packets: object, fields: frozenset[str]) -> object:
+    """orig_X := X for the NEW packets of a set whose orig_X are untested (lazy)."""
+    if not fields:
+        return packets
+    new_set = sp.ctstate(["NEW"])  # type: ignore[attr-defined]
+    new = packets & new_set  # type: ignore[operator]
+    if new.is_empty():  # type: ignore[attr-defined]
+        return packets
+    rest = packets - new_set  # type: ignore[operator]
+    for field_name in ("src", "dst", "sport", "dport"):
+        if field_name in fields:
+            new = sp.equate(new, f"orig_{field_name}", field_name)  # type: ignore[attr-defined]
+    return new | rest  # type: ignore[operator]
 
 
 def _conntrack_new(sp: object, packets: object) -> object:
@@ -549,8 +716,8 @@ def _split_loopback(sp: object, b: _Branch) -> tuple[_Branch | None, _Branch | N
     lo = b.packets & sp.iface("oif", _iface("lo"))  # type: ignore[attr-defined, operator]
     rest = b.packets - lo  # type: ignore[operator]
     return (
-        _Branch(lo, b.steps, b.reasons) if not lo.is_empty() else None,
-        _Branch(rest, b.steps, b.reasons) if not rest.is_empty() else None,
+        b.with_packets(lo) if not lo.is_empty() else None,
+        b.with_packets(rest) if not rest.is_empty() else None,
     )
 
 

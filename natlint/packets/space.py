@@ -932,6 +932,43 @@ class PacketSpace:
 
         return self._guard(build)
 
+    def tests_field(self, packets: PacketSet, name: str) -> bool:
+        """Whether the set says anything about the field beyond the validity constraint
+        (``∃field.S ≠ S``; opaque predicates are not quantified)."""
+        self._own(packets)
+        names = self._vars_of([self._field(name)])
+        if not set(names) & set(packets.node.support):
+            return False
+        return bool((self._valid & self._bdd.exist(names, packets.node)) != packets.node)
+
+    def equate(self, packets: PacketSet, target: str, source: str) -> PacketSet:
+        """``packets ∧ target = source``: no ∃ (so no opaque predicate is forgotten). The
+        same as :meth:`copy` when ``packets`` does not test ``target`` (a lazily recorded
+        conntrack original tuple)."""
+        self._own(packets)
+        target, source = self._field(target), self._field(source)
+        if self.widths[target] != self.widths[source]:
+            raise ValueError(
+                f"cannot equate {source} ({self.widths[source]} bits) and {target} ({self.widths[target]} bits)"
+            )
+        if target == source:
+            return packets
+
+        def build() -> _Node:
+            bdd = self._bdd
+            pairs = list(zip(self._vars[target], self._vars[source], strict=True))
+            node = packets.node
+            if all(abs(self._level[t] - self._level[s]) == 1 for t, s in pairs):
+                equal = self._true
+                for t, s in reversed(pairs):  # bottom-up
+                    equal = bdd.ite(bdd.var(t), bdd.var(s), ~bdd.var(s)) & equal
+                return node & equal
+            for t, s in pairs:
+                node = node & bdd.ite(bdd.var(t), bdd.var(s), ~bdd.var(s))
+            return node
+
+        return self._guard(build)
+
     def _own(self, packets: PacketSet) -> None:
         if packets.space is not self:
             raise ValueError("the packet set belongs to another PacketSpace")
