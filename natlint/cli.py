@@ -211,8 +211,15 @@ def trace(path: str, in_iface: str | None, local: bool, src: str | None, dst: st
                    " (run 'natlint check' to see them)", err=True)
     model = _host_for(ruleset, host_path)
     query = TraceQuery(in_iface, local, src, dst, proto, sport, dport, state)
+    from natlint.netfilter.engine import BranchBudgetExceeded
+    from natlint.packets.space import BudgetExceeded
+
     try:
         outcomes = run_trace(ruleset, model, query)
+    except (BudgetExceeded, BranchBudgetExceeded) as exc:
+        click.echo(f"natlint: analysis incomplete: {exc}. The packet class is too broad to follow in full:"
+                   " narrow it (--dst, --dport, --src) and trace again.", err=True)
+        sys.exit(2)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
     if fmt == "json":
