@@ -148,6 +148,11 @@ class _TableResult:
     stopped: list[tuple[_Branch, Verdict]] = field(default_factory=list)  # DROP, REJECT, ...
 
 
+# What one arriving run produces: outcomes before the bridge split, and per group (packets,
+# bridge, outcomes).
+_Parts = tuple[list[Outcome], list[tuple[object, str | None, list[Outcome]]]]
+
+
 class Engine:
     """Evaluate a ruleset on packet sets under a host model."""
 
@@ -167,7 +172,7 @@ class Engine:
         self._compiled: dict[int, object] = {}
         self._orig_reads: dict[int, frozenset[str]] = {}
         self._iif_free: bool | None = None
-        self._shared: tuple[object, list[Outcome]] | None = None
+        self._shared: tuple[object, _Parts] | None = None
         self._branches = 0
 
     # ---- compiled rules -------------------------------------------------------------------
@@ -424,7 +429,7 @@ class Engine:
                 self._shared = (anywhere, self._arriving_parts(anywhere))
             except BranchBudgetExceeded:  # every interface at once may split more than one does
                 return None
-        pre, parts = self._shared[1]  # type: ignore[misc]
+        pre, parts = self._shared[1]
 
         def restrict(outcomes: list[Outcome]) -> list[Outcome]:
             found: list[Outcome] = []
