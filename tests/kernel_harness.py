@@ -87,7 +87,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Literal, NamedTuple, Self
 
-from oracle import _SEARCH_PATH, RestoreResult, _which
+from oracle import _SEARCH_PATH, RestoreResult, _pid_alive, _which
 
 __all__ = [
     "Arrival",
@@ -1001,16 +1001,6 @@ def _sh(
     if check and p.returncode != 0:
         raise LabError(f"{' '.join(argv)} -> rc={p.returncode}: {p.stderr.decode(errors='replace').strip()}")
     return p
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _list_netns() -> set[str]:

@@ -534,25 +534,21 @@ def _mark_value(opt: Option) -> MarkMask:
 
 
 def _mark(cx: _Ctx, match: Match) -> PacketSet:
-    sp = cx.space
-    result = sp.all()
-    for opt in match.options:
-        mm = _mark_value(opt)
-        if not sp.marks:
-            raise _Undecidable("the analysis does not model marks")
-        result &= _inv(sp.masked("mark", mm.value, mm.mask), opt)
-    return result
+    return _mark_field(cx, match, "mark", cx.space.all())
 
 
 def _connmark(cx: _Ctx, match: Match) -> PacketSet:
     """xt_connmark: no connection, no match (with or without "!")."""
+    return _mark_field(cx, match, "connmark", cx.space.tracked())
+
+
+def _mark_field(cx: _Ctx, match: Match, field: str, result: PacketSet) -> PacketSet:
     sp = cx.space
-    result = sp.tracked()
     for opt in match.options:
         mm = _mark_value(opt)
         if not sp.marks:
             raise _Undecidable("the analysis does not model marks")
-        result &= _inv(sp.masked("connmark", mm.value, mm.mask), opt)
+        result &= _inv(sp.masked(field, mm.value, mm.mask), opt)
     return result
 
 

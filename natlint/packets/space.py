@@ -906,31 +906,7 @@ class PacketSpace:
         """target := source (``orig_dst := dst`` when conntrack creates the entry,
         ``connmark := mark`` for CONNMARK --save-mark). Linear size when the two fields are
         interleaved in the order (the default for these pairs)."""
-        self._own(packets)
-        target, source = self._field(target), self._field(source)
-        if self.widths[target] != self.widths[source]:
-            raise ValueError(
-                f"cannot copy {source} ({self.widths[source]} bits) to {target} ({self.widths[target]} bits)"
-            )
-        if target == source:
-            return packets
-
-        def build() -> _Node:
-            bdd = self._bdd
-            pairs = list(zip(self._vars[target], self._vars[source], strict=True))
-            node = self._valid & self._exist(packets.node, [target])
-            if all(abs(self._level[t] - self._level[s]) == 1 for t, s in pairs):
-                # interleaved: the whole equality is linear, one conjunction
-                equal = self._true
-                for t, s in reversed(pairs):  # bottom-up
-                    equal = bdd.ite(bdd.var(t), bdd.var(s), ~bdd.var(s)) & equal
-                return node & equal
-            # apart in the order: the equality alone is exponential, constrain bit by bit
-            for t, s in pairs:
-                node = node & bdd.ite(bdd.var(t), bdd.var(s), ~bdd.var(s))
-            return node
-
-        return self._guard(build)
+        return self._equal_fields(packets, target, source, forget_target=True)
 
     def tests_field(self, packets: PacketSet, name: str) -> bool:
         """Whether the set says anything about the field beyond the validity constraint
@@ -945,24 +921,30 @@ class PacketSpace:
         """``packets ∧ target = source``: no ∃ (so no opaque predicate is forgotten). The
         same as :meth:`copy` when ``packets`` does not test ``target`` (a lazily recorded
         conntrack original tuple)."""
+        return self._equal_fields(packets, target, source, forget_target=False)
+
+    def _equal_fields(self, packets: PacketSet, target: str, source: str, *, forget_target: bool) -> PacketSet:
+        """``packets`` (with ``target`` first forgotten when asked) ∧ ``target = source``."""
         self._own(packets)
         target, source = self._field(target), self._field(source)
         if self.widths[target] != self.widths[source]:
-            raise ValueError(
-                f"cannot equate {source} ({self.widths[source]} bits) and {target} ({self.widths[target]} bits)"
-            )
+            what = f"copy {source} ({self.widths[source]} bits) to" if forget_target else (
+                f"equate {source} ({self.widths[source]} bits) and")
+            raise ValueError(f"cannot {what} {target} ({self.widths[target]} bits)")
         if target == source:
             return packets
 
         def build() -> _Node:
             bdd = self._bdd
             pairs = list(zip(self._vars[target], self._vars[source], strict=True))
-            node = packets.node
+            node = self._valid & self._exist(packets.node, [target]) if forget_target else packets.node
             if all(abs(self._level[t] - self._level[s]) == 1 for t, s in pairs):
+                # interleaved: the whole equality is linear, one conjunction
                 equal = self._true
                 for t, s in reversed(pairs):  # bottom-up
                     equal = bdd.ite(bdd.var(t), bdd.var(s), ~bdd.var(s)) & equal
                 return node & equal
+            # apart in the order: the equality alone is exponential, constrain bit by bit
             for t, s in pairs:
                 node = node & bdd.ite(bdd.var(t), bdd.var(s), ~bdd.var(s))
             return node
