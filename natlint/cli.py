@@ -38,6 +38,10 @@ def main() -> None:
     """
 
 
+_HOST_HELP_CHECK = ("Host model for the semantic checks: a TOML file, or 'live' (this machine, read with ip -j)."
+                    " Default: inferred from each dump.")
+
+
 @main.command(epilog=_EPILOG)
 @click.argument("paths", nargs=-1, type=click.Path(allow_dash=True, dir_okay=False))
 @click.option("--format", "fmt", type=click.Choice(["concise", "full", "json"]), default="concise", show_default=True,
@@ -48,8 +52,9 @@ def main() -> None:
 @click.option("--family", type=click.Choice(["4", "6"]), default=None,
               help="IPv4 or IPv6 (default: from the file's header, name and addresses).")
 @click.option("-o", "--output", type=click.File("w"), default=None, help="Write the report to this file.")
+@click.option("--host", "host_path", default=None, help=_HOST_HELP_CHECK)
 def check(paths: tuple[str, ...], fmt: str, fail_on: str, exit_zero: bool, family: str | None,
-          output: TextIO | None) -> None:
+          output: TextIO | None, host_path: str | None) -> None:
     """Check iptables-save dumps. PATHS are files, or - for standard input (the default)."""
     from natlint.checks import run_checks
     from natlint.findings import SEVERITY_RANK, Finding
@@ -78,7 +83,8 @@ def check(paths: tuple[str, ...], fmt: str, fail_on: str, exit_zero: bool, famil
             unreadable = True
             continue
         ruleset = read(data, name, fam)  # type: ignore[arg-type]
-        findings.extend(run_checks(ruleset))
+        host_model = _host_for(ruleset, host_path) if host_path is not None else None
+        findings.extend(run_checks(ruleset, host_model))
     out = output or click.get_text_stream("stdout")
     if fmt == "json":
         out.write(format_json(findings, len(paths)))
@@ -103,8 +109,10 @@ def check(paths: tuple[str, ...], fmt: str, fail_on: str, exit_zero: bool, famil
 @click.option("--all", "show_all", is_flag=True, help="List every code.")
 def rule(code: str | None, show_all: bool) -> None:
     """Explain a finding code (natlint rule NL101), or list them all (--all)."""
-    from natlint.checks import structure  # noqa: F401  (registers its codes)
+    from natlint.checks import load_all
     from natlint.findings import CODES
+
+    load_all()  # the check modules register their codes
 
     if show_all or code is None:
         for listed in CODES.values():

@@ -135,6 +135,16 @@ register(Code(
     fixed="# put the rule in the ip6tables file instead",
 ))
 
+register(Code(
+    "NL007", "analysis-incomplete", "warning",
+    "A semantic check stopped at its budget (the packet classes split too much) and reported nothing.",
+    why="The findings that check would give are missing for this file: a clean report does not mean"
+    " the file is clean.",
+    example="(a ruleset whose packet classes split beyond the budget)",
+    fixed="(give a host model with --host, or check the tables separately)",
+))
+
+
 # ---- the chain graph (NL1xx) ----------------------------------------------------------------
 register(Code(
     "NL101", "undefined-chain", "error",

@@ -1,32 +1,57 @@
-"""Checks: each module asks the model (and later the engine) one family of questions.
+"""Checks: each module asks the model or the engine one family of questions.
 
-``run_checks(ruleset)`` returns the reader's findings plus every check's, sorted.
+``run_checks(ruleset, host=None)`` returns the reader's findings plus every check's, sorted.
+A check is a module with ``check(ctx: CheckContext) -> Iterable[Finding]`` and the ``Code``
+registrations (with their documentation) of what it reports, listed in ``CHECK_MODULES``.
+A semantic check that runs out of its budget reports NL007 (analysis incomplete) instead of
+its findings; the other checks still run.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Iterable
+from types import ModuleType
+from typing import TYPE_CHECKING
 
+from natlint.checks.context import CheckContext
 from natlint.findings import Finding
 from natlint.model.ruleset import Ruleset
 
-__all__ = ["run_checks", "CHECKS"]
+if TYPE_CHECKING:
+    from natlint.host.model import HostModel
 
-Check = Callable[[Ruleset], Iterable[Finding]]
+__all__ = ["run_checks", "CHECK_MODULES", "CheckContext", "load_all"]
 
+Check = Callable[[CheckContext], Iterable[Finding]]
 
-def _checks() -> list[Check]:
-    from natlint.checks import structure
-
-    return [structure.check]
-
-
-CHECKS = _checks
+# In order of the codes they report.
+CHECK_MODULES: tuple[str, ...] = ("structure",)
 
 
-def run_checks(ruleset: Ruleset) -> list[Finding]:
+def load_all() -> list[ModuleType]:
+    """Import every check module (which registers its codes)."""
+    return [importlib.import_module(f"natlint.checks.{name}") for name in CHECK_MODULES]
+
+
+def run_checks(ruleset: Ruleset, host: HostModel | None = None, *, ctx: CheckContext | None = None) -> list[Finding]:
+    from natlint.netfilter.engine import BranchBudgetExceeded
+    from natlint.packets.space import BudgetExceeded
+
+    context = ctx if ctx is not None else CheckContext(ruleset, host)
     findings = [f for f in ruleset.diagnostics if isinstance(f, Finding)]
-    for check in _checks():
-        findings.extend(check(ruleset))
+    for module in load_all():
+        check: Check = module.check
+        try:
+            findings.extend(check(context))
+        except (BranchBudgetExceeded, BudgetExceeded) as exc:
+            findings.append(_incomplete(ruleset, module.__name__.rsplit(".", 1)[-1], str(exc)))
     findings.sort(key=Finding.sort_key)
     return findings
+
+
+def _incomplete(ruleset: Ruleset, name: str, why: str) -> Finding:
+    return Finding("NL007", "warning",
+                   f"analysis incomplete: the {name} checks stopped at their budget ({why}); their findings for"
+                   " this file are not reported. Give a host model (--host) or split the file to narrow the analysis.",
+                   ruleset.path, 1)

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from natlint.checks.context import CheckContext
 from natlint.extensions.spec import ParseContext
 from natlint.extensions.targets_core import kernel_problems
 from natlint.findings import Finding, Related, Severity
 from natlint.graph.chains import NFT_MAX_USER_DEPTH, ChainGraph, build_graphs
-from natlint.model.ruleset import Rule, Ruleset
+from natlint.model.ruleset import Rule
 
 __all__ = ["check", "TARGET_CONTEXT"]
 
@@ -58,7 +59,8 @@ def _finding(code: str, message: str, rule: Rule, column: int | None = None, sev
                    rule.table, rule.chain, related, source_line=rule.text)
 
 
-def check(ruleset: Ruleset) -> Iterator[Finding]:
+def check(ctx: CheckContext) -> Iterator[Finding]:
+    ruleset = ctx.ruleset
     for graph in build_graphs(ruleset).values():
         yield from _undefined(graph)
         yield from _unreferenced(graph, ruleset.path)

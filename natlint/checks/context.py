@@ -1,0 +1,51 @@
+"""What a check gets: the ruleset, the host model and one shared engine, built on demand.
+
+Structural checks only read ``ctx.ruleset``; semantic checks ask ``ctx.engine`` (built once
+per file and shared, so compiled rules are reused across checks). ``ctx.host`` is the model
+given with ``--host`` or, by default, the one inferred from the dump.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TYPE_CHECKING
+
+from natlint.model.ruleset import Ruleset
+
+if TYPE_CHECKING:
+    from natlint.host.model import HostModel
+    from natlint.netfilter.engine import Engine
+
+__all__ = ["CheckContext", "ENGINE_BUDGET"]
+
+# Rule applications one file's semantic checks may spend before they stop with NL006-style
+# "analysis incomplete" instead of running for minutes.
+ENGINE_BUDGET = 5_000_000
+
+
+@dataclass
+class CheckContext:
+    ruleset: Ruleset
+    host_model: HostModel | None = None
+    max_branches: int = ENGINE_BUDGET
+    notes: list[str] = field(default_factory=list)
+
+    @cached_property
+    def host(self) -> HostModel:
+        if self.host_model is not None:
+            return self.host_model
+        from natlint.host import infer
+
+        return infer(self.ruleset)
+
+    @cached_property
+    def engine(self) -> Engine:
+        """An engine that records steps (findings cite the rules that decided)."""
+        from natlint.netfilter.engine import Engine
+
+        return Engine(self.ruleset, self.host, record_steps=True, max_branches=self.max_branches)
+
+    @property
+    def path(self) -> str:
+        return self.ruleset.path
