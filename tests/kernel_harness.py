@@ -56,7 +56,23 @@ Caveats:
 * Bridged traffic (c1 -> c2 on docker0) passes iptables only with br_netfilter
   (``lab.br_netfilter``); without it such probes show no host counters at all.
 
-Run as root; ``oracle.kernel_available()`` says why not elsewhere. IPv4 only.
+IPv6 (``Topology.default_v6()``, or any topology whose addresses are IPv6): one family per
+lab, chosen by the host's external address. The lab loads the dump with ``ip6tables-restore``,
+sets ``net.ipv6.conf.all.forwarding=1`` and ``bridge-nf-call-ip6tables=1`` on the host, turns
+DAD off everywhere (``accept_dad=0`` before any interface exists, ``nodad`` on every address)
+so addresses are usable at once, and traces in an ``ip6 nlk_trace`` table. Probes may also be
+``icmpv6`` (one echo request; ``dport`` is ignored, the echo identifier plays the source port,
+``delivered_to`` is ``ns:0``: the namespace whose stack took the request). Facts of
+iptables 1.8.9: ``xtables-monitor`` aborts when it must print an ip6 rule such as
+``tcp flags & (syn|ack) == syn`` ("unsupported layer 4 protocol value"), so the ip6 trace
+table matches in base chains ``hook_pre``/``hook_out`` and jumps to ``pre``/``out``, whose only
+rule (``meta nftrace set 1``) prints as ``-j TRACE``. Worse, it aborts on every ip6 rule with
+``-p tcp -m tcp --dport N`` (rc 3), so an IPv6 lab's host agent relays ``nft -a monitor trace``
+instead, turned into xtables-monitor's line format (``_nft_trace_line``: same ids, handles and
+verdicts; the rule text is nft's). ICMPv6 PACKET lines carry no identifier, so the ip6 table
+traces only echo requests and an icmpv6 probe's path is the one traced packet.
+
+Run as root; ``oracle.kernel_available()`` says why not elsewhere.
 """
 
 from __future__ import annotations
@@ -116,6 +132,7 @@ NETNS_PREFIX = "nlk-"
 TRACE_TABLE = "nlk_trace"
 # The barrier datagram: host agent -> 127.255.255.254:9, traced and dropped inside TRACE_TABLE.
 MARK_ADDR = "127.255.255.254"
+MARK_ADDR6 = "::1"  # IPv6 labs: ::1 port 9 (the discard port), dropped inside TRACE_TABLE
 MARK_PORT = 9
 FIRST_SPORT = 41000
 LAST_SPORT = 59999
@@ -162,6 +179,36 @@ DEFAULT_TOPOLOGY: dict[str, Any] = {
             "containers": [{"name": "c1", "addr": "172.17.0.2"}, {"name": "c2", "addr": "172.17.0.3"}],
         },
         {"name": "br-net1", "addr": "172.18.0.1/16", "containers": [{"name": "c3", "addr": "172.18.0.2"}]},
+    ],
+}
+
+
+# The IPv6 twin of DEFAULT_TOPOLOGY: documentation prefix outside, ULAs on the bridges.
+DEFAULT_TOPOLOGY_V6: dict[str, Any] = {
+    "disable_ipv6": False,
+    "host": {
+        "ext_if": "eth0",
+        "ext_addr": "2001:db8:100::1/64",
+        "gw": None,
+        "extra_addrs": [],
+        "routes": [],
+        "sysctls": {
+            "net.ipv6.conf.all.forwarding": "1",
+            "net.ipv6.conf.all.accept_dad": "0",
+            "net.ipv6.conf.default.accept_dad": "0",
+            "net.bridge.bridge-nf-call-ip6tables": "1",
+            "net.ipv6.icmp.ratelimit": "0",  # else back-to-back REJECTs lose their ICMPv6 errors
+        },
+    },
+    "outside": {"addr": "2001:db8:100::2/64", "gw": "2001:db8:100::1", "routes": []},
+    "internet": {"addr": "2001:db8:100::3/64", "gw": None, "routes": []},
+    "bridges": [
+        {
+            "name": "docker0",
+            "addr": "fd00:17::1/64",
+            "containers": [{"name": "c1", "addr": "fd00:17::2"}, {"name": "c2", "addr": "fd00:17::3"}],
+        },
+        {"name": "br-net1", "addr": "fd00:18::1/64", "containers": [{"name": "c3", "addr": "fd00:18::2"}]},
     ],
 }
 
@@ -238,14 +285,27 @@ class Topology:
         return cls.from_dict({})
 
     @classmethod
+    def default_v6(cls) -> Topology:
+        """The IPv6 twin of ``default()`` (``DEFAULT_TOPOLOGY_V6``)."""
+        return cls.from_dict({"host": {"ext_addr": DEFAULT_TOPOLOGY_V6["host"]["ext_addr"]}})
+
+    @property
+    def family(self) -> int:
+        """4 or 6: the family of the host's external address (a lab is single-family)."""
+        return ipaddress.ip_interface(self.host.ext_addr).version
+
+    @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Topology:
         """Keys left out of host/outside/internet take their defaults; ``bridges`` replaces."""
         unknown = set(d) - {"disable_ipv6", "host", "outside", "internet", "bridges"}
         if unknown:
             raise ValueError(f"unknown topology keys: {sorted(unknown)}")
-        host = _deep_merge(DEFAULT_TOPOLOGY["host"], d.get("host", {}))
-        peers = {k: _deep_merge(DEFAULT_TOPOLOGY[k], d.get(k, {})) for k in ("outside", "internet")}
-        bridges = d.get("bridges", DEFAULT_TOPOLOGY["bridges"])
+        ext_addr = d.get("host", {}).get("ext_addr")
+        v6 = ext_addr is not None and ipaddress.ip_interface(str(ext_addr)).version == 6
+        defaults = DEFAULT_TOPOLOGY_V6 if v6 else DEFAULT_TOPOLOGY
+        host = _deep_merge(defaults["host"], d.get("host", {}))
+        peers = {k: _deep_merge(defaults[k], d.get(k, {})) for k in ("outside", "internet")}
+        bridges = d.get("bridges", defaults["bridges"])
 
         def routes(items: Iterable[Mapping[str, str]]) -> tuple[Route, ...]:
             return tuple(Route(str(r["to"]), str(r["via"])) for r in items)
@@ -277,7 +337,7 @@ class Topology:
                 )
                 for b in bridges
             ),
-            disable_ipv6=bool(d.get("disable_ipv6", True)),
+            disable_ipv6=bool(d.get("disable_ipv6", not v6)),
         )
         topo.validate()
         return topo
@@ -321,9 +381,20 @@ class Topology:
         ifaces = {self.host.ext_if}
         if len(self.host.ext_if) > 15 or not _NAME_RE.match(self.host.ext_if):
             raise ValueError(f"bad interface name {self.host.ext_if!r}")
-        ipaddress.ip_interface(self.host.ext_addr)
-        for peer in (self.outside, self.internet):
-            ipaddress.ip_interface(peer.addr)
+        family = self.family
+        if family == 6 and self.disable_ipv6:
+            raise ValueError("an IPv6 topology cannot have disable_ipv6")
+
+        def same(text: str) -> None:
+            if ipaddress.ip_interface(text).version != family:
+                raise ValueError(f"{text!r} is not IPv{family} like the host's ext_addr")
+
+        for text in [*(peer.addr for peer in (self.outside, self.internet)), *(e.addr for e in self.host.extra_addrs),
+                     *(b.addr for b in self.bridges)]:
+            same(text)
+        for text in [self.host.gw, self.outside.gw, self.internet.gw]:
+            if text is not None and ipaddress.ip_address(text).version != family:
+                raise ValueError(f"gateway {text!r} is not IPv{family}")
         for b in self.bridges:
             if len(b.name) > 15 or not _NAME_RE.match(b.name) or b.name in ifaces:
                 raise ValueError(f"bad or duplicate bridge name {b.name!r} (at most 15 characters)")
@@ -359,14 +430,15 @@ class Topology:
 
 @dataclass(frozen=True)
 class Probe:
-    """One TCP connection attempt or one UDP datagram.
+    """One TCP connection attempt, one UDP datagram or (IPv6 labs) one ICMPv6 echo request.
 
     ``src_ns``: ``outside``, ``internet``, ``host`` or ``container:NAME`` (a bare container
     name works too). ``timeout`` defaults to the lab's; ``src_addr`` binds a local address.
+    ``icmpv6``: ``dport`` is ignored (give 0), ``sport`` is the echo identifier.
     """
 
     src_ns: str
-    proto: Literal["tcp", "udp"]
+    proto: Literal["tcp", "udp", "icmpv6"]
     dst: str
     dport: int
     sport: int | None = None
@@ -597,7 +669,7 @@ def _kv(header: str) -> dict[str, str]:
 
 def parse_trace(
     lines: Sequence[str],
-    sport: int,
+    sport: int | None,
     *,
     entry_chain: str = "pre",
     handles: Mapping[tuple[str, int], tuple[str, int]] | None = None,
@@ -610,7 +682,8 @@ def parse_trace(
     off, while a locally sent packet's loopback re-entry (PREROUTING after OUTPUT) is kept.
     ``handles`` maps (table, nft rule handle) to (chain, 1-based position); without it (or
     for an unknown handle) the printed rule text is looked up in ``rules`` (from
-    ``iptables-save``); else the raw handle is kept.
+    ``iptables-save``); else the raw handle is kept. ``sport=None`` follows packets whose
+    header has no source port (an ICMPv6 echo request: the lab traces no other ICMPv6).
     """
     header: dict[str, dict[str, str]] = {}
     packets: list[list[TraceStep]] = []
@@ -623,7 +696,7 @@ def parse_trace(
         t = _TRACE_RE.match(line)
         if t is None:
             continue
-        if header.get(t.group("id"), {}).get("SPORT") != str(sport):
+        if header.get(t.group("id"), {}).get("SPORT") != (None if sport is None else str(sport)):
             continue
         table, chain, kind, rest = t.group("table"), t.group("chain"), t.group("type"), t.group("rest")
         if table == TRACE_TABLE:
@@ -645,7 +718,7 @@ def parse_trace(
         if handles and (table, handle) in handles and handles[(table, handle)][0] == chain:
             pos = handles[(table, handle)][1]
         elif rules is not None and t.group("text"):
-            text = re.sub(r"^-4 -t \S+ ", "", t.group("text").strip())
+            text = re.sub(r"^-[46] -t \S+ ", "", t.group("text").strip())
             chain_rules = rules.get((table, chain), [])
             if chain_rules.count(text) == 1:
                 pos = chain_rules.index(text) + 1
@@ -701,6 +774,13 @@ def dnat_ports(rules_text: str) -> set[int]:
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
 _ETH_P_ALL = 0x0003
 _ETH_P_IP = 0x0800
+_ETH_P_IPV6 = 0x86DD
+IPV6_RECVPKTINFO = getattr(socket, "IPV6_RECVPKTINFO", 49)
+IPV6_PKTINFO = getattr(socket, "IPV6_PKTINFO", 50)
+ICMP6_FILTER = 1  # <netinet/icmp6.h>, level IPPROTO_ICMPV6
+ICMP6_ECHO_REQUEST = 128
+ICMP6_ECHO_REPLY = 129
+ICMP6_DST_UNREACH = 1
 _PACKET_OUTGOING = 4
 _ERRNAMES = {
     errno.ECONNREFUSED: "refused",
@@ -728,8 +808,10 @@ def _set_pdeathsig() -> None:
 
 
 class _AgentServer:
-    def __init__(self, name: str, sniff: bool, monitor: str | None) -> None:
+    def __init__(self, name: str, sniff: bool, monitor: str | None, family: int = 4) -> None:
         self.name = name
+        self.family = family
+        self.af = socket.AF_INET6 if family == 6 else socket.AF_INET
         self.sel = selectors.DefaultSelector()
         self.lock = threading.Lock()
         self.socks: dict[tuple[str, int], socket.socket] = {}
@@ -744,8 +826,9 @@ class _AgentServer:
             except OSError as exc:
                 self.emit({"ev": "warning", "msg": f"sniffer: {exc}"})
         if monitor:
+            argv = [monitor, "-a", "monitor", "trace"] if family == 6 else [monitor, "--trace"]
             self.monitor = subprocess.Popen(
-                [monitor, "--trace"],
+                argv,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
@@ -755,6 +838,15 @@ class _AgentServer:
             os.set_blocking(self.monitor.stdout.fileno(), False)
             self.sel.register(self.monitor.stdout.fileno(), selectors.EVENT_READ, ("trace", 0))
         self.sel.register(0, selectors.EVENT_READ, ("stdin", 0))
+        if family == 6:  # the ICMPv6 "listener": every echo request this namespace's stack takes
+            try:
+                ic = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+                ic.setsockopt(socket.IPPROTO_ICMPV6, ICMP6_FILTER, _icmp6_filter(ICMP6_ECHO_REQUEST))
+                ic.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)
+                ic.setblocking(False)
+                self.sel.register(ic, selectors.EVENT_READ, ("icmpv6", 0))
+            except OSError as exc:
+                self.emit({"ev": "warning", "msg": f"icmpv6 listener: {exc}"})
 
     def emit(self, obj: dict[str, Any]) -> None:
         data = (json.dumps(obj) + "\n").encode()
@@ -773,12 +865,16 @@ class _AgentServer:
             for proto in ("tcp", "udp"):
                 if (proto, port) in self.socks:
                     continue
-                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM)
+                s = socket.socket(self.af, socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM)
                 try:
                     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                    if proto == "udp":
+                    if self.family == 6:
+                        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                        if proto == "udp":
+                            s.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)
+                    elif proto == "udp":
                         s.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
-                    s.bind(("0.0.0.0", port))
+                    s.bind(("::" if self.family == 6 else "0.0.0.0", port))
                     if proto == "tcp":
                         s.listen(128)
                     s.setblocking(False)
@@ -803,6 +899,8 @@ class _AgentServer:
                         self.on_tcp(key.fileobj, port)  # type: ignore[arg-type]
                     elif kind == "udp":
                         self.on_udp(key.fileobj, port)  # type: ignore[arg-type]
+                    elif kind == "icmpv6":
+                        self.on_icmpv6(key.fileobj)  # type: ignore[arg-type]
                     elif kind == "sniff":
                         self.on_sniff(key.fileobj)  # type: ignore[arg-type]
                     elif kind == "trace":
@@ -833,8 +931,9 @@ class _AgentServer:
             elif op == "probe":
                 threading.Thread(target=self.client, args=(cmd,), daemon=True).start()
             elif op == "mark":
-                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s, contextlib.suppress(OSError):
-                    s.sendto(b"nlk-mark", (MARK_ADDR, MARK_PORT))  # dropped in nlk_trace: EPERM
+                with socket.socket(self.af, socket.SOCK_DGRAM) as s, contextlib.suppress(OSError):
+                    # dropped in nlk_trace: EPERM
+                    s.sendto(b"nlk-mark", (MARK_ADDR6 if self.family == 6 else MARK_ADDR, MARK_PORT))
                 self.emit({"op": "ok", "id": cmd["id"]})
         return True
 
@@ -858,17 +957,17 @@ class _AgentServer:
 
     def on_udp(self, s: socket.socket, port: int) -> None:
         try:
-            _data, anc, _flags, peer = s.recvmsg(4096, socket.CMSG_SPACE(12))
+            _data, anc, _flags, peer = s.recvmsg(4096, socket.CMSG_SPACE(20))
         except OSError:
             return
-        local = None
-        for level, typ, cdata in anc:
-            if level == socket.IPPROTO_IP and typ == IP_PKTINFO and len(cdata) >= 12:
-                local = socket.inet_ntoa(cdata[8:12])
+        local = _pktinfo_local(anc)
         self.emit({"ev": "udp", "ns": self.name, "port": port, "local": local, "peer": peer[0], "pport": peer[1]})
         reply = f"NLK {self.name} udp/{port} peer={peer[0]}:{peer[1]}\n".encode()
         try:
-            if local:  # answer from the address it arrived on (what conntrack expects)
+            if local and self.family == 6:
+                pk6 = socket.inet_pton(socket.AF_INET6, local) + struct.pack("=I", 0)
+                s.sendmsg([reply], [(socket.IPPROTO_IPV6, IPV6_PKTINFO, pk6)], 0, peer)
+            elif local:  # answer from the address it arrived on (what conntrack expects)
                 pk = struct.pack("=I4s4s", 0, socket.inet_aton(local), b"\0" * 4)
                 s.sendmsg([reply], [(socket.IPPROTO_IP, IP_PKTINFO, pk)], 0, peer)
             else:
@@ -882,7 +981,12 @@ class _AgentServer:
                 data, addr = s.recvfrom(65535)
             except OSError:
                 return
-            if addr[1] != _ETH_P_IP or addr[2] == _PACKET_OUTGOING or len(data) < 20 or data[0] >> 4 != 4:
+            if addr[2] == _PACKET_OUTGOING:
+                continue
+            if addr[1] == _ETH_P_IPV6 and len(data) >= 48 and data[0] >> 4 == 6:
+                self._sniff6(addr[0], data)
+                continue
+            if addr[1] != _ETH_P_IP or len(data) < 20 or data[0] >> 4 != 4:
                 continue
             ihl = (data[0] & 0x0F) * 4
             proto = data[9]
@@ -907,6 +1011,49 @@ class _AgentServer:
                 }
             )
 
+    def _sniff6(self, ifname: str, data: bytes) -> None:
+        """An IPv6 first packet (no extension headers): TCP SYN, UDP, ICMPv6 echo request."""
+        nh, l4 = data[6], data[40:]
+        if nh == 6:
+            if len(l4) < 14 or not (l4[13] & 0x02 and not l4[13] & 0x10):
+                return
+            proto = "tcp"
+            sp, dp = struct.unpack("!HH", l4[:4])
+        elif nh == 17:
+            proto = "udp"
+            sp, dp = struct.unpack("!HH", l4[:4])
+        elif nh == 58 and l4[0] == ICMP6_ECHO_REQUEST:
+            proto = "icmpv6"
+            sp, dp = struct.unpack("!H", l4[4:6])[0], 0
+        else:
+            return
+        self.emit(
+            {
+                "ev": "wire",
+                "ns": self.name,
+                "if": ifname,
+                "proto": proto,
+                "src": socket.inet_ntop(socket.AF_INET6, data[8:24]),
+                "dst": socket.inet_ntop(socket.AF_INET6, data[24:40]),
+                "sport": sp,
+                "dport": dp,
+            }
+        )
+
+    def on_icmpv6(self, s: socket.socket) -> None:
+        for _ in range(64):
+            try:
+                data, anc, _flags, peer = s.recvmsg(4096, socket.CMSG_SPACE(20))
+            except OSError:
+                return
+            if len(data) < 8 or data[0] != ICMP6_ECHO_REQUEST:
+                continue
+            ident = struct.unpack("!H", data[4:6])[0]
+            self.emit(
+                {"ev": "icmpv6", "ns": self.name, "port": 0, "local": _pktinfo_local(anc),
+                 "peer": peer[0].split("%")[0], "pport": ident}
+            )
+
     def on_trace(self) -> None:
         assert self.monitor is not None and self.monitor.stdout is not None
         fd = self.monitor.stdout.fileno()
@@ -925,6 +1072,8 @@ class _AgentServer:
         if cut:
             lines = self.tbuf[:cut].decode(errors="replace").splitlines()
             self.tbuf = self.tbuf[cut:]
+            if self.family == 6:
+                lines = [x for x in map(_nft_trace_line, lines) if x is not None]
             self.emit({"ev": "trace", "lines": lines})
 
     def client(self, cmd: dict[str, Any]) -> None:
@@ -932,11 +1081,14 @@ class _AgentServer:
         timeout = float(cmd["timeout"])
         dst, dport, sport = cmd["dst"], int(cmd["dport"]), int(cmd["sport"])
         t0 = time.monotonic()
+        if cmd["proto"] == "icmpv6":
+            self.emit({**self.ping6(dst, sport, cmd.get("src"), timeout), **res, "elapsed": time.monotonic() - t0})
+            return
         tcp = cmd["proto"] == "tcp"
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM)
+        s = socket.socket(self.af, socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM)
         try:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind((cmd.get("src") or "0.0.0.0", sport))
+            s.bind((cmd.get("src") or ("::" if self.family == 6 else "0.0.0.0"), sport))
             s.settimeout(timeout)
             s.connect((dst, dport))
             res["local"] = s.getsockname()[0]
@@ -961,15 +1113,113 @@ class _AgentServer:
         self.emit(res)
 
 
+    @staticmethod
+    def ping6(dst: str, ident: int, src: str | None, timeout: float) -> dict[str, Any]:
+        """One ICMPv6 echo request (identifier ``ident``): reply, unreachable (an ICMPv6
+        error quoting it) or no-reply."""
+        res: dict[str, Any] = {}
+        s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+        try:
+            s.setsockopt(socket.IPPROTO_ICMPV6, ICMP6_FILTER, _icmp6_filter(ICMP6_ECHO_REPLY, ICMP6_DST_UNREACH, 3))
+            if src:
+                s.bind((src, 0))
+            s.sendto(struct.pack("!BBHHH", ICMP6_ECHO_REQUEST, 0, 0, ident, 1) + b"NLKPROBE", (dst, 0))
+            with contextlib.suppress(OSError):
+                s.connect((dst, 0))
+                res["local"] = s.getsockname()[0]
+            deadline = time.monotonic() + timeout
+            res["status"] = "no-reply"
+            while (left := deadline - time.monotonic()) > 0:
+                s.settimeout(left)
+                try:
+                    data, peer = s.recvfrom(4096)
+                except TimeoutError:
+                    break
+                if len(data) >= 8 and data[0] == ICMP6_ECHO_REPLY and struct.unpack("!H", data[4:6])[0] == ident:
+                    res["status"], res["banner"] = "reply", f"echo reply from {peer[0]}"
+                    break
+                # an error quotes the request: 8 bytes ICMPv6 + 40 bytes IPv6 + our echo header
+                quoted = len(data) >= 56 and data[0] != ICMP6_ECHO_REPLY and data[48] == ICMP6_ECHO_REQUEST
+                if quoted and struct.unpack("!H", data[52:54])[0] == ident:
+                    res["status"] = "unreachable"
+                    res["banner"] = f"icmpv6 type {data[0]} code {data[1]} from {peer[0]}"
+                    break
+        except OSError as exc:
+            res["status"] = _err_status(exc)
+        finally:
+            s.close()
+        return res
+
+
+_NFT_TRACE_RE = re.compile(r"^trace id (?P<id>[0-9a-f]+) (?P<fam>\S+) (?P<table>\S+) (?P<chain>\S+) (?P<rest>.*)$")
+_NFT_VERDICT_RE = re.compile(r"\(verdict (\S+)(?: (\S+))?\)\s*$")
+
+
+def _nft_trace_line(line: str) -> str | None:
+    """An ``nft -a monitor trace`` line in ``xtables-monitor --trace`` format (None: skip)."""
+    m = _NFT_TRACE_RE.match(line.strip())
+    if m is None:
+        return None
+    tid, table, chain, rest = m.group("id"), m.group("table"), m.group("chain"), m.group("rest")
+    if rest.startswith("packet:"):
+        words = rest.split()
+        fields: dict[str, str] = {}
+        for i, w in enumerate(words[:-1]):
+            nxt = words[i + 1]
+            if w == "iif":
+                fields["IN"] = nxt.strip('"')
+            elif w == "oif":
+                fields["OUT"] = nxt.strip('"')
+            elif w in ("saddr", "daddr") and words[i - 1] == "ip6":
+                fields["SRC" if w == "saddr" else "DST"] = nxt
+            elif w in ("sport", "dport") and words[i - 1] in ("tcp", "udp"):
+                fields["SPORT" if w == "sport" else "DPORT"] = nxt
+        return f"PACKET: 10 {tid} " + " ".join(f"{k}={v}" for k, v in fields.items()) + " "
+    if rest.startswith("policy "):
+        return f" TRACE: 10 {tid} {table}:{chain}:policy:{rest.split()[1].upper()} "
+    if rest.startswith("return"):
+        return f" TRACE: 10 {tid} {table}:{chain}:return: "
+    if rest.startswith("unknown rule handle "):  # a rule added after nft monitor started
+        rest = "rule # handle " + rest.removeprefix("unknown rule handle ")
+    if rest.startswith("rule "):
+        hm = re.search(r"# handle (\d+)", rest)
+        vm = _NFT_VERDICT_RE.search(rest)
+        verdict = "CONTINUE"
+        if vm:
+            verdict = vm.group(1).upper() + (f":{vm.group(2)}" if vm.group(2) else "")
+        text = re.sub(r"\s*# handle \d+.*$", "", rest[5:])
+        return f" TRACE: 10 {tid} {table}:{chain}:rule:{hex(int(hm.group(1))) if hm else '0x0'}:{verdict}  {text}"
+    return None
+
+
+def _icmp6_filter(*passed: int) -> bytes:
+    """A struct icmp6_filter that blocks every ICMPv6 type but ``passed``."""
+    words = [0xFFFFFFFF] * 8
+    for t in passed:
+        words[t >> 5] &= ~(1 << (t & 31))
+    return struct.pack("=8I", *words)
+
+
+def _pktinfo_local(anc: Iterable[tuple[int, int, bytes]]) -> str | None:
+    """The local address from an IP_PKTINFO / IPV6_PKTINFO control message."""
+    for level, typ, cdata in anc:
+        if level == socket.IPPROTO_IP and typ == IP_PKTINFO and len(cdata) >= 12:
+            return socket.inet_ntoa(cdata[8:12])
+        if level == socket.IPPROTO_IPV6 and typ == IPV6_PKTINFO and len(cdata) >= 16:
+            return socket.inet_ntop(socket.AF_INET6, cdata[:16])
+    return None
+
+
 def _agent_main(argv: Sequence[str]) -> int:
     ap = argparse.ArgumentParser(description="kernel harness agent (internal)")
     ap.add_argument("--agent", required=True, help="namespace role name")
     ap.add_argument("--sniff", action="store_true")
     ap.add_argument("--monitor", default="", help="path of xtables-monitor to relay --trace from")
     ap.add_argument("--ports", default="", help="initial listener ports, comma separated")
+    ap.add_argument("--family", type=int, choices=(4, 6), default=4)
     a = ap.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    srv = _AgentServer(a.agent, a.sniff, a.monitor or None)
+    srv = _AgentServer(a.agent, a.sniff, a.monitor or None, a.family)
     errors = srv.listen(int(p) for p in a.ports.split(",") if p)
     if errors:
         srv.emit({"ev": "warning", "msg": "; ".join(errors)})
@@ -1092,13 +1342,15 @@ class KernelLab:
         trace: bool = True,
     ) -> None:
         self.topology = topology or Topology.default()
+        self.family = self.topology.family
+        self._mark_addr = MARK_ADDR6 if self.family == 6 else MARK_ADDR
         self.timeout = timeout
         self.settle = settle
         self.keep_conntrack = keep_conntrack
         self.want_trace = trace
         self.prefix = f"{NETNS_PREFIX}{os.getpid()}-{next(_lab_counter)}-"
         self.namespaces: dict[str, str] = {}  # role -> netns name (host, sw, outside, internet, containers)
-        self.addresses: dict[str, list[str]] = {}  # role -> IPv4 addresses
+        self.addresses: dict[str, list[str]] = {}  # role -> addresses (of the lab's family)
         self.warnings: list[str] = []
         self.timing: dict[str, float] = {}
         self.br_netfilter = False
@@ -1185,7 +1437,12 @@ class KernelLab:
             raise LabError(f"ip netns add {name} failed: {p.stderr.decode(errors='replace').strip()}")
         self._created.append(name)
         self.namespaces[role] = name
-        if self.topology.disable_ipv6:
+        if self.family == 6:
+            keys = ["net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0"]
+            if role == "sw":  # the external segment's switch is pure L2
+                keys = ["net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"]
+            _sh(self._exec(role, "sysctl", "-q", "-w", *keys))
+        elif self.topology.disable_ipv6:
             _sh(
                 self._exec(
                     role,
@@ -1197,6 +1454,13 @@ class KernelLab:
                 )
             )
         self._ipn(role, "link", "set", "lo", "up")
+
+    def _addr_add(self, role: str, addr: str, dev: str) -> None:
+        """``ip addr add`` (IPv6: ``nodad``, usable at once)."""
+        self._ipn(role, "addr", "add", addr, "dev", dev, *(["nodad"] if self.family == 6 else []))
+
+    def _route_add(self, role: str, to: str, via: str) -> None:
+        self._ipn(role, *(["-6"] if self.family == 6 else []), "route", "add", to, "via", via)
 
     def _sysctl(self, role: str, key: str, value: str) -> bool:
         p = _sh(self._exec(role, "sysctl", "-q", "-w", f"{key}={value}"), check=False)
@@ -1224,9 +1488,9 @@ class KernelLab:
                     continue
             if not ok:
                 raise LabError(f"sysctl {key}={value} failed in the host namespace")
+        bnf = "net.bridge.bridge-nf-call-ip6tables" if self.family == 6 else "net.bridge.bridge-nf-call-iptables"
         self.br_netfilter = Path("/proc/sys/net/bridge").is_dir() and (
-            _sh(self._exec("host", "sysctl", "-n", "net.bridge.bridge-nf-call-iptables"), check=False).stdout.strip()
-            == b"1"
+            _sh(self._exec("host", "sysctl", "-n", bnf), check=False).stdout.strip() == b"1"
         )
         # the external L2 segment: bridge br0 in the private "sw" namespace
         self._ipn("sw", "link", "add", "br0", "type", "bridge", "mcast_snooping", "0")
@@ -1239,23 +1503,23 @@ class KernelLab:
             self._ipn(role, "link", "add", ifname, "type", "veth", "peer", "name", port, "netns", self.namespaces["sw"])
             self._ipn("sw", "link", "set", port, "master", "br0", "up")
             self._ipn(role, "link", "set", ifname, "up")
-        self._ipn("host", "addr", "add", t.host.ext_addr, "dev", t.host.ext_if)
+        self._addr_add("host", t.host.ext_addr, t.host.ext_if)
         self.addresses["host"] = [str(ipaddress.ip_interface(t.host.ext_addr).ip)]
         for ea in t.host.extra_addrs:
-            self._ipn("host", "addr", "add", ea.addr, "dev", ea.dev or t.host.ext_if)
+            self._addr_add("host", ea.addr, ea.dev or t.host.ext_if)
             self.addresses["host"].append(str(ipaddress.ip_interface(ea.addr).ip))
         for role, spec in (("outside", t.outside), ("internet", t.internet)):
-            self._ipn(role, "addr", "add", spec.addr, "dev", "eth0")
+            self._addr_add(role, spec.addr, "eth0")
             self.addresses[role] = [str(ipaddress.ip_interface(spec.addr).ip)]
             if spec.gw:
-                self._ipn(role, "route", "add", "default", "via", spec.gw)
+                self._route_add(role, "default", spec.gw)
             for r in spec.routes:
-                self._ipn(role, "route", "add", r.to, "via", r.via)
+                self._route_add(role, r.to, r.via)
         vidx = 0
         nif: dict[str, int] = {}
         for b in t.bridges:
             self._ipn("host", "link", "add", b.name, "type", "bridge", "mcast_snooping", str(b.mcast_snooping))
-            self._ipn("host", "addr", "add", b.addr, "dev", b.name)
+            self._addr_add("host", b.addr, b.name)
             self._ipn("host", "link", "set", b.name, "up")
             gw = str(ipaddress.ip_interface(b.addr).ip)
             self.addresses["host"].append(gw)
@@ -1279,16 +1543,16 @@ class KernelLab:
                 )
                 self._ipn("host", "link", "set", hif, "master", b.name, "up")
                 iface = t.container_interface(b, c)
-                self._ipn(c.name, "addr", "add", str(iface), "dev", f"eth{n}")
+                self._addr_add(c.name, str(iface), f"eth{n}")
                 self._ipn(c.name, "link", "set", f"eth{n}", "up")
                 self.addresses.setdefault(c.name, []).append(str(iface.ip))
                 if n == 0:
-                    self._ipn(c.name, "route", "add", "default", "via", c.gw or gw)
+                    self._route_add(c.name, "default", c.gw or gw)
         if t.host.gw:
-            self._ipn("host", "route", "add", "default", "via", t.host.gw)
+            self._route_add("host", "default", t.host.gw)
         for r in t.host.routes:
-            self._ipn("host", "route", "add", r.to, "via", r.via)
-        self.addresses["host"].append("127.0.0.1")
+            self._route_add("host", r.to, r.via)
+        self.addresses["host"].append("::1" if self.family == 6 else "127.0.0.1")
         if self.want_trace:
             self._install_trace_table()
 
@@ -1296,6 +1560,28 @@ class KernelLab:
         nft, monitor = _which("nft"), _which("xtables-monitor")
         if nft is None or monitor is None:
             self.warnings.append("nft or xtables-monitor missing: no first_packet_path")
+            return
+        if self.family == 6:
+            # xtables-monitor aborts printing an ip6 "tcp flags" rule: match in the base
+            # chains, set nftrace in chains whose one rule it can print (module docstring)
+            first6 = ("tcp flags & (syn | ack) == syn jump {0}; meta l4proto udp jump {0};"
+                      " icmpv6 type echo-request jump {0};")
+            ruleset = (
+                f"table ip6 {TRACE_TABLE} {{\n"
+                "  chain pre { meta nftrace set 1; }\n"
+                "  chain out { meta nftrace set 1; }\n"
+                "  chain barrier { meta nftrace set 1; drop; }\n"
+                f"  chain hook_out {{ type filter hook output priority -350; policy accept;\n"
+                f"    ip6 daddr {MARK_ADDR6} udp dport {MARK_PORT} jump barrier; {first6.format('out')} }}\n"
+                "  chain hook_pre { type filter hook prerouting priority -350; policy accept; "
+                f"{first6.format('pre')} }}\n"
+                "}\n"
+            )
+            p = _sh(self._exec("host", nft, "-f", "-"), input=ruleset.encode(), check=False)
+            if p.returncode != 0:
+                self.warnings.append(f"cannot add the trace table: {p.stderr.decode(errors='replace').strip()}")
+                return
+            self.trace_available = True
             return
         first = "tcp flags & (syn | ack) == syn meta nftrace set 1; meta l4proto udp meta nftrace set 1;"
         ruleset = (
@@ -1315,10 +1601,12 @@ class KernelLab:
     def _start_agents(self) -> None:
         t0 = time.monotonic()
         roles = ["host", "outside", "internet", *self.topology.containers()]
-        monitor = _which("xtables-monitor") if self.trace_available else None
+        monitor = _which("nft" if self.family == 6 else "xtables-monitor") if self.trace_available else None
         for role in roles:
             cmd = self._exec(role, sys.executable, "-S", _SCRIPT, "--agent", role)
             cmd += ["--ports", ",".join(map(str, sorted(self._ports)))]
+            if self.family == 6:
+                cmd += ["--family", "6"]
             cmd += ["--monitor", monitor] if role == "host" and monitor else ["--sniff"]
             errf = tempfile.TemporaryFile()  # noqa: SIM115 - closed in close()
             try:
@@ -1397,7 +1685,7 @@ class KernelLab:
         elif msg.get("ev") == "trace":
             for line in msg["lines"]:
                 words = line.split(None, 3)
-                if line.startswith("PACKET:") and f"DST={MARK_ADDR} " in line:
+                if line.startswith("PACKET:") and f"DST={self._mark_addr} " in line and f"DPORT={MARK_PORT} " in line:
                     self._marks += 1
                     self._mark_id = words[2] if len(words) > 2 else None
                 elif not (len(words) > 2 and words[0] == "TRACE:" and words[2] == self._mark_id):
@@ -1473,10 +1761,10 @@ class KernelLab:
             nft = _which("nft")
             for table in XT_TABLES:  # tables the new dump does not name must not survive
                 if nft:
-                    self._host(nft, "delete", "table", "ip", table)
+                    self._host(nft, "delete", "table", self._nft_family, table)
         self._loaded = True
         data = rules_text.encode("utf-8", "surrogateescape")
-        p = self._host(_tool("iptables-restore"), input=data, timeout=RESTORE_TIMEOUT)
+        p = self._host(_tool(self._xt("iptables-restore")), input=data, timeout=RESTORE_TIMEOUT)
         result = RestoreResult.from_process(
             p.returncode, p.stderr.decode(errors="replace"), p.stdout.decode(errors="replace")
         )
@@ -1487,9 +1775,17 @@ class KernelLab:
         self.timing["load_s"] = round(time.monotonic() - t0, 3)
         return result
 
+    @property
+    def _nft_family(self) -> str:
+        return "ip6" if self.family == 6 else "ip"
+
+    def _xt(self, tool: str) -> str:
+        """``iptables-*`` -> ``ip6tables-*`` in an IPv6 lab."""
+        return tool.replace("iptables", "ip6tables") if self.family == 6 else tool
+
     def save(self, counters: bool = False) -> str:
-        """``iptables-save`` of the host namespace (``#`` lines dropped)."""
-        p = self._host(_tool("iptables-save"), *(["-c"] if counters else []), timeout=RESTORE_TIMEOUT)
+        """``iptables-save`` (IPv6 lab: ``ip6tables-save``) of the host namespace (``#`` lines dropped)."""
+        p = self._host(_tool(self._xt("iptables-save")), *(["-c"] if counters else []), timeout=RESTORE_TIMEOUT)
         if p.returncode != 0:
             raise LabError(f"iptables-save failed: {p.stderr.decode(errors='replace').strip()}")
         return "".join(
@@ -1510,7 +1806,7 @@ class KernelLab:
         pos: dict[tuple[str, str], int] = {}
         for item in json.loads(p.stdout or b"{}").get("nftables", []):
             rule = item.get("rule")
-            if not rule or rule.get("family") != "ip" or rule.get("table") not in XT_TABLES:
+            if not rule or rule.get("family") != self._nft_family or rule.get("table") not in XT_TABLES:
                 continue
             key = (rule["table"], rule["chain"])
             pos[key] = pos.get(key, 0) + 1
@@ -1537,7 +1833,7 @@ class KernelLab:
                 return port
 
     def _counters(self) -> dict[tuple[str, str, int], _Counter]:
-        p = self._host(_tool("iptables-save"), "-c", timeout=RESTORE_TIMEOUT)
+        p = self._host(_tool(self._xt("iptables-save")), "-c", timeout=RESTORE_TIMEOUT)
         return parse_counters(p.stdout.decode(errors="replace"))
 
     def _conntrack_entries(self, proto: str, src: str | None, dst: str, sport: int, dport: int) -> list[ConntrackEntry]:
@@ -1547,12 +1843,12 @@ class KernelLab:
         original tuple (about 3 ms); otherwise the whole table is listed (about 13 ms).
         """
         conntrack = _which("conntrack")
-        if conntrack is None:
+        if conntrack is None or proto not in ("tcp", "udp"):
             return []
-        if src and src != "0.0.0.0":
+        if src and src not in ("0.0.0.0", "::"):
             cmd = ["-G", "-p", proto, "-s", src, "-d", dst, "--sport", str(sport), "--dport", str(dport)]
         else:
-            cmd = ["-L", "-p", proto, "--sport", str(sport)]
+            cmd = ["-L", *(["-f", "ipv6"] if self.family == 6 else []), "-p", proto, "--sport", str(sport)]
         entries = parse_conntrack(self._host(conntrack, *cmd).stdout.decode(errors="replace"))
         return [e for e in entries if e.proto == proto and e.orig.sport == sport]
 
@@ -1567,11 +1863,16 @@ class KernelLab:
             raise LabError("the lab is not open")
         t0 = time.monotonic()
         src = self.role(probe.src_ns)
-        if probe.proto not in ("tcp", "udp"):
-            raise ValueError(f"proto must be tcp or udp, not {probe.proto!r}")
-        dst = str(ipaddress.IPv4Address(probe.dst))
+        icmp = probe.proto == "icmpv6"
+        if probe.proto not in ("tcp", "udp") and not (icmp and self.family == 6):
+            raise ValueError(f"proto must be tcp or udp (or icmpv6 in an IPv6 lab), not {probe.proto!r}")
+        dst_ip = ipaddress.ip_address(probe.dst)
+        if dst_ip.version != self.family:
+            raise ValueError(f"{probe.dst} is not an IPv{self.family} address (the lab's family)")
+        dst = str(dst_ip)
         self._check_agents()
-        self.ensure_listening([probe.dport])
+        if not icmp:
+            self.ensure_listening([probe.dport])
         sport = probe.sport or self._alloc_sport()
         timeout = probe.timeout or self.timeout
         self._pump(0)
@@ -1628,7 +1929,7 @@ class KernelLab:
             res.trace_lines = list(self._trace)
             res.first_packet_path = parse_trace(
                 self._trace,
-                sport,
+                None if icmp else sport,
                 entry_chain="out" if src == "host" else "pre",
                 handles=self._handles,
                 rules=self._rules,

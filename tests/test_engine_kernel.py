@@ -144,7 +144,7 @@ class Case:
 
 _HOST_LINE = re.compile(r"^# host: (\S+)\s*$", re.M)
 _LAB_LINE = re.compile(r"^# lab: (\{.*\})\s*$", re.M)
-_PROBE_LINE = re.compile(r"^# probe: (\S+) (tcp|udp) (\S+) (\d+)\s*$", re.M)
+_PROBE_LINE = re.compile(r"^# probe: (\S+) (tcp|udp|icmpv6) (\S+) (\d+)\s*$", re.M)
 
 
 def _fixture_case(path: Path) -> Case:
@@ -165,7 +165,7 @@ def _dump_case(path: Path) -> Case:
     skip = None
     setup = DUMP_SETUP.get(name, ())
     if "ip6tables" in name or read(path.read_bytes(), str(path), None).family == 6:
-        skip = "IPv6 dump: the kernel harness builds IPv4 labs only"
+        skip = "IPv6 dump: tests/test_engine_kernel_v6.py runs it in an IPv6 lab"
     elif setup and shutil.which(setup[0][0]) is None:
         skip = f"{name} needs `{' '.join(setup[0])}` before restore and {setup[0][0]} is not installed"
     return Case(f"dump:{path.stem}", path, probes=DUMP_PROBES.get(name, ()), setup=setup,
@@ -237,7 +237,7 @@ class LabMap:
         owner = self.owners.get(dst)
         if src == "host":
             return True
-        if dst.startswith("127.") or owner == src:
+        if dst.startswith("127.") or dst == "::1" or owner == src:
             return False  # stays inside the sender's namespace
         if src in ("outside", "internet"):
             if owner in ("outside", "internet"):
@@ -298,8 +298,10 @@ def _published(ruleset: Ruleset) -> list[tuple[str, int, str | None]]:
             dst = None
             if rule.destination is not None and not rule.destination.invert:
                 prefix = rule.destination.value
-                if getattr(prefix, "mask", 0) == 0xFFFFFFFF:
-                    dst = str(ipaddress.IPv4Address(prefix.address))  # type: ignore[attr-defined]
+                bits = 128 if getattr(prefix, "version", 4) == 6 else 32
+                if getattr(prefix, "mask", 0) == (1 << bits) - 1:
+                    addr = prefix.address  # type: ignore[attr-defined]
+                    dst = str(ipaddress.IPv4Address(addr) if bits == 32 else ipaddress.IPv6Address(addr))
             for m in rule.matches:
                 for o in m.options:
                     if o.name in ("dport", "dports") and not o.invert:
@@ -388,15 +390,21 @@ def kernel_view(res: ProbeResult, lm: LabMap) -> KernelView:
     path = None
     if res.first_packet_path is not None:
         path = tuple((s.table, s.chain, s.rule) for s in res.first_packet_path if s.rule != "return")
+    ports = res.probe.proto in ("tcp", "udp")  # an ICMPv6 echo has an identifier, no ports
     if res.delivered_to is not None:
         ns, _, port = res.delivered_to.rpartition(":")
-        return KernelView("ACCEPT", ns, "delivered", res.src_seen, res.src_port_seen, res.local_addr, int(port), path)
+        return KernelView("ACCEPT", ns, "delivered", res.src_seen, res.src_port_seen if ports else None,
+                          res.local_addr, int(port) if ports else None, path)
     # a bridge floods frames for an unknown MAC: count only what arrived for its owner
     arrivals = [a for a in res.arrived_at if lm.owners.get(a.dst) == a.ns]
     if arrivals:
         a = arrivals[0]
-        return KernelView("ACCEPT", a.ns, "arrived", a.src, a.sport, a.dst, a.dport, path)
-    verdict = "REJECT" if res.client in _REJECTED else "DROP"
+        return KernelView("ACCEPT", a.ns, "arrived", a.src, a.sport if ports else None, a.dst,
+                          a.dport if ports else None, path)
+    # EACCES for a probe from outside the host: an ICMPv6 administratively-prohibited error
+    # (a locally sent packet dropped in OUTPUT gives EPERM, also "denied")
+    rejected = res.client in _REJECTED or (res.client == "denied" and res.probe.src_ns != "host")
+    verdict = "REJECT" if rejected else "DROP"
     return KernelView(verdict, None, "-", path=path)
 
 
@@ -455,15 +463,14 @@ class Tally:
 
 def _query(probe: Probe, res: ProbeResult, lm: LabMap) -> TraceQuery:
     role = probe.src_ns.removeprefix("container:")
-    src = res.client_addr if res.client_addr and res.client_addr != "0.0.0.0" else None
+    src = res.client_addr if res.client_addr and res.client_addr not in ("0.0.0.0", "::") else None
     if src is None:
         src = lm.topology.host.ext_addr.split("/")[0] if role == "host" else next(
             a for a, o in lm.owners.items() if o == role)
+    sport, dport = (str(res.sport), str(probe.dport)) if probe.proto in ("tcp", "udp") else (None, None)
     if role == "host":
-        return TraceQuery(local=True, src=src, dst=probe.dst, proto=probe.proto, sport=str(res.sport),
-                          dport=str(probe.dport))
-    return TraceQuery(lm.entry[role], src=src, dst=probe.dst, proto=probe.proto, sport=str(res.sport),
-                      dport=str(probe.dport))
+        return TraceQuery(local=True, src=src, dst=probe.dst, proto=probe.proto, sport=sport, dport=dport)
+    return TraceQuery(lm.entry[role], src=src, dst=probe.dst, proto=probe.proto, sport=sport, dport=dport)
 
 
 def compare(probe: Probe, res: ProbeResult, ruleset: Ruleset, host: HostModel, engine: Engine, lm: LabMap

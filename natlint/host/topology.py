@@ -26,13 +26,16 @@ _RESERVED = {"host", "outside", "internet", "sw"}
 
 
 def to_kernelcheck_topology(host: HostModel) -> dict[str, object]:
-    """A kernelcheck topology (JSON-ready dict) for an IPv4 host model.
+    """A kernelcheck topology (JSON-ready dict) for a host model.
 
-    Raises ValueError when the model cannot be built: IPv6 (kernelcheck is IPv4 only), no
-    external interface with an address, or an external subnet too small for the two peers.
+    An IPv6 model gives an IPv6 topology (natlint's kernel harness builds those; the reference
+    kernelcheck is IPv4 only): ``disable_ipv6`` false, ``net.ipv6.conf.all.forwarding`` and
+    ``bridge-nf-call-ip6tables`` from the model, DAD off. Raises ValueError when the model
+    cannot be built: no external interface with an address, or an external subnet too small
+    for the two peers.
     """
-    if host.family != 4:
-        raise ValueError("kernelcheck builds IPv4 topologies only")
+    v = host.family
+    full = 32 if v == 4 else 128
     ext = host.external
     if ext is None or not ext.addresses:
         raise ValueError("the host model has no external interface with an address")
@@ -42,7 +45,7 @@ def to_kernelcheck_topology(host: HostModel) -> dict[str, object]:
     peers = [h for h in prefix_hosts(main.prefix)[:64] if h not in local][:2]
     if len(peers) < 2:
         raise ValueError(f"the external subnet {main.prefix} has no room for the outside and internet peers")
-    extra = [{"dev": ext.name, "addr": str(a)} for a in ext.addresses[1:]]
+    extra = [{"dev": ext.name, "addr": str(a)} for a in ext.addresses[1:] if not _link_local(v, a.address)]
     bridges: list[dict[str, object]] = []
     names: dict[str, str] = {}  # model name -> topology name (one container may sit on two bridges)
     for iface in host.interfaces:
@@ -55,33 +58,47 @@ def to_kernelcheck_topology(host: HostModel) -> dict[str, object]:
                     continue
                 if c.name not in names:
                     names[c.name] = _container_name(c.name, set(names.values()))
-                containers.append({"name": names[c.name], "addr": format_ip(4, c.address)})
+                containers.append({"name": names[c.name], "addr": format_ip(v, c.address)})
             bridges.append({"name": iface.name, "addr": str(iface.addresses[0]), "mcast_snooping": 0,
                             "containers": containers})
             rest = iface.addresses[1:]
         else:
             rest = iface.addresses
         for a in rest:
-            extra.append({"dev": ext.name, "addr": f"{format_ip(4, a.address)}/32"})
+            if _link_local(v, a.address):  # every IPv6 interface has its own: not movable
+                notes.append(f"{a} of {iface.name} left out: link-local")
+                continue
+            extra.append({"dev": ext.name, "addr": f"{format_ip(v, a.address)}/{full}"})
             notes.append(f"{a} of {iface.name} is a /32 on {ext.name}: kernelcheck does not create {iface.name}")
     routes = []
     for r in host.routes:
         if r.dst.mask == 0:
             continue  # no default gateway: the peers share the external subnet
         if r.kind == "unicast" and r.via is not None and main.prefix.contains(r.via):
-            routes.append({"to": str(r.dst), "via": format_ip(4, r.via)})
+            routes.append({"to": str(r.dst), "via": format_ip(v, r.via)})
         else:
-            via = f" via {format_ip(4, r.via)}" if r.via is not None else ""
+            via = f" via {format_ip(v, r.via)}" if r.via is not None else ""
             notes.append(f"route {r.dst} ({r.kind}{' dev ' + r.dev if r.dev else ''}{via}) left out")
     plen = str(main).rsplit("/", 1)[1]
-    sysctls = {
-        "net.ipv4.ip_forward": "1" if host.ip_forward else "0",
-        "net.ipv4.conf.all.rp_filter": "0",
-        "net.ipv4.conf.default.rp_filter": "0",
-        "net.bridge.bridge-nf-call-iptables": "1" if host.br_netfilter else "0",
-    }
+    if v == 4:
+        sysctls = {
+            "net.ipv4.ip_forward": "1" if host.ip_forward else "0",
+            "net.ipv4.conf.all.rp_filter": "0",
+            "net.ipv4.conf.default.rp_filter": "0",
+            "net.bridge.bridge-nf-call-iptables": "1" if host.br_netfilter else "0",
+        }
+    else:
+        sysctls = {
+            "net.ipv6.conf.all.forwarding": "1" if host.ip_forward else "0",
+            "net.ipv6.conf.all.accept_dad": "0",
+            "net.ipv6.conf.default.accept_dad": "0",
+            "net.bridge.bridge-nf-call-ip6tables": "1" if host.br_netfilter else "0",
+            # a lab setting, not the host's: ICMPv6 errors are rate limited per peer (1/s), so
+            # back-to-back probes answered by REJECT would otherwise look dropped
+            "net.ipv6.icmp.ratelimit": "0",
+        }
     return {
-        "disable_ipv6": True,
+        "disable_ipv6": v == 4,
         "host": {
             "ext_if": ext.name,
             "ext_addr": str(main),
@@ -90,11 +107,15 @@ def to_kernelcheck_topology(host: HostModel) -> dict[str, object]:
             "routes": routes,
             "sysctls": sysctls,
         },
-        "outside": {"addr": f"{format_ip(4, peers[0])}/{plen}", "gw": format_ip(4, main.address), "routes": []},
-        "internet": {"addr": f"{format_ip(4, peers[1])}/{plen}", "gw": None, "routes": []},
+        "outside": {"addr": f"{format_ip(v, peers[0])}/{plen}", "gw": format_ip(v, main.address), "routes": []},
+        "internet": {"addr": f"{format_ip(v, peers[1])}/{plen}", "gw": None, "routes": []},
         "bridges": bridges,
         "notes": notes,
     }
+
+
+def _link_local(version: int, address: int) -> bool:
+    return version == 6 and address >> 118 == 0xFE80 >> 6  # fe80::/10
 
 
 def _container_name(name: str, used: set[str]) -> str:

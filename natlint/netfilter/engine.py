@@ -355,8 +355,8 @@ class Engine:
         found = self._orig_reads.get(key)
         if found is None:
             sp = self.space
-            support = match_set.node.support  # type: ignore[attr-defined]
-            found = frozenset(f for f in _TUPLE if any(v in support for v in sp.variables(f"orig_{f}")))  # type: ignore[attr-defined]
+            found = frozenset(f for f in _TUPLE if f"orig_{f}" in sp.fields  # type: ignore[attr-defined]
+                              and sp.tests_variables(match_set, sp.variables(f"orig_{f}")))  # type: ignore[attr-defined]
             self._orig_reads[key] = found
         return found
 

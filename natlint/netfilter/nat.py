@@ -12,6 +12,11 @@
   (``inet_select_addr``): its first address of global scope; for an interface with only
   host-scope addresses (``lo``: 127.0.0.0/8, ::1) the first global address of the other
   interfaces, in interface order. A packet leaving an interface without an address is dropped.
+  IPv6 differs (``nf_nat_masquerade_ipv6`` asks ``ipv6_dev_get_saddr`` for the packet's
+  destination, RFC 6724 source selection): a destination that is one of the host's own
+  addresses is its own source (rule 1, "prefer the same address"; e.g. the host's connection
+  to its own bridge address, out of ``lo``); other destinations get the outgoing interface's
+  address as above (rule 5, "prefer the outgoing interface").
 * REDIRECT is DNAT to the primary address of the incoming interface (PREROUTING; no address:
   dropped) or to 127.0.0.1 / ::1 (OUTPUT).
 * NETMAP maps a prefix 1:1, keeping the host part (destination in PREROUTING/OUTPUT,
@@ -134,11 +139,17 @@ def _map_ports(sp: object, packets: object, nat_range: object, port_field: str, 
     if ports is None:
         if not random or port_field != "sport":
             return packets, ()
+        reason = "--random: the kernel picks the source port at random (in the original port's class)"
+        if "orig_sport" in sp.fields and packets.issubset(_same_sport(sp)):  # type: ignore[attr-defined]
+            # Conntrack recorded the original port (orig_sport = sport, as for every new
+            # connection before SNAT): forget the port and tie the new one to the class of the
+            # recorded one. Two operations on a big set instead of a dozen.
+            return sp.forget(packets, port_field) & _random_sport_map(sp), (reason,)  # type: ignore[attr-defined]
         out = packets & sp.value(port_field, 0)  # type: ignore[attr-defined, operator]
         for first, last, lo, hi in _PORT_CLASSES:
             part = packets & sp.range(port_field, first, last)  # type: ignore[attr-defined, operator]
             out = out | sp.assign_range(part, port_field, lo, hi)  # type: ignore[attr-defined, operator]
-        return out, ("--random: the kernel picks the source port at random (in the original port's class)",)
+        return out, (reason,)
     lo, hi = ports.first, ports.last
     if random:
         out = sp.assign_range(packets, port_field, lo, hi)  # type: ignore[attr-defined]
@@ -155,6 +166,18 @@ def _map_ports(sp: object, packets: object, nat_range: object, port_field: str, 
     if not outside.is_empty():  # type: ignore[attr-defined]
         reasons = (f"a port outside {lo}-{hi} becomes one of that range (the kernel picks a free one)",)
     return inside | moved, reasons  # type: ignore[operator]
+
+
+def _same_sport(sp: object) -> object:
+    return sp.equate(sp.all(), "orig_sport", "sport")  # type: ignore[attr-defined]
+
+
+def _random_sport_map(sp: object) -> object:
+    """orig_sport's class -> the new sport's range (port 0 stays 0)."""
+    mapping = sp.value("orig_sport", 0) & sp.value("sport", 0)  # type: ignore[attr-defined]
+    for first, last, lo, hi in _PORT_CLASSES:
+        mapping = mapping | (sp.range("orig_sport", first, last) & sp.range("sport", lo, hi))  # type: ignore[attr-defined]
+    return mapping
 
 
 def _host_scope(version: int, address: int) -> bool:
@@ -180,26 +203,60 @@ def masquerade_address(host: object, ifname: str) -> int | None:
     return None
 
 
+def _own_addresses(host: object) -> list[int]:
+    """Every address of the host's interfaces, once, in interface order."""
+    seen: list[int] = []
+    for iface in host.interfaces:  # type: ignore[attr-defined]
+        for a in iface.addresses:
+            if int(a.address) not in seen:
+                seen.append(int(a.address))
+    return seen
+
+
 def _per_interface(sp: object, host: object, packets: object, iface_field: str, addr_field: str, port_field: str,
                    ports: object, flag: str, *, masquerade: bool = False, random: bool = False) -> Result:
     results: Result = []
-    for name in real_interfaces(sp):  # type: ignore[attr-defined]
+    names = real_interfaces(sp)
+    for name in _present(sp, packets, iface_field, names):
         part = packets & sp.iface(iface_field, Interface(name))  # type: ignore[attr-defined, operator]
         if part.is_empty():
             continue
+        if masquerade and getattr(host, "family", 4) == 6:
+            for own in _own_addresses(host):  # RFC 6724 rule 1: the destination itself
+                same = part & sp.value("dst", own)  # type: ignore[attr-defined, operator]
+                if not same.is_empty():
+                    out = sp.assign_fields(same, {addr_field: own, flag: True})  # type: ignore[attr-defined]
+                    out, reasons = _map_ports(sp, out, ports, port_field, random)
+                    results.append((out, "ACCEPT", reasons))
+                    part = part - same  # type: ignore[operator]
+            if part.is_empty():
+                continue
         address = masquerade_address(host, name) if masquerade else host.primary_address(name)  # type: ignore[attr-defined]
         if address is None:
             results.append((part, "DROP", (f"interface {name} has no address in the host model: the kernel"
                                            " drops what it cannot translate",)))
             continue
-        out = sp.assign(part, addr_field, address)  # type: ignore[attr-defined]
+        # the address and the NAT flag at once (the flag is last: see PacketSpace.assign_fields)
+        out = sp.assign_fields(part, {addr_field: address, flag: True})  # type: ignore[attr-defined]
         out, reasons = _map_ports(sp, out, ports, port_field, random)
-        results.append((sp.assign(out, flag, True), "ACCEPT", reasons))  # type: ignore[attr-defined]
-    rest = packets
-    for name in real_interfaces(sp):  # type: ignore[attr-defined]
-        rest = rest - sp.iface(iface_field, Interface(name))  # type: ignore[attr-defined, operator]
+        results.append((out, "ACCEPT", reasons))
+    known = sp.none()  # type: ignore[attr-defined]
+    for name in names:
+        known = known | sp.iface(iface_field, Interface(name))  # type: ignore[attr-defined]
+    rest = packets - known  # type: ignore[operator]
     if not rest.is_empty():  # type: ignore[attr-defined]
         out = sp.forget(rest, addr_field)  # type: ignore[attr-defined]
         results.append((sp.assign(out, flag, True), "ACCEPT",  # type: ignore[attr-defined]
                         ("an interface the host model does not know: its address is unknown",)))
     return results
+
+
+def _present(sp: object, packets: object, iface_field: str, names: list[str]) -> list[str]:
+    """The interfaces among ``names`` that packets of the set use (one projection of a big
+    set instead of one intersection per interface)."""
+    values = packets.values(iface_field, limit=len(names) + 4)  # type: ignore[attr-defined]
+    if values is None:
+        return names
+    labels = sp.interfaces  # type: ignore[attr-defined]
+    used = {labels[v] for lo, hi in values for v in range(lo, hi + 1) if v < len(labels)}
+    return [name for name in names if name in used]

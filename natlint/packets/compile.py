@@ -168,8 +168,8 @@ def compile_rule(space: PacketSpace, rule: Rule, host: HostLike | None = None) -
         if result.is_empty():
             break
         result &= _match(cx, match, index)
-    support = result.node.support
-    live = {k for k in space.opaque_keys() if _var_of(space, k) in support}
+    keyed = {k for _reason, keys in cx.reasons for k in keys}
+    live = {k for k in keyed if space.tests_variables(result, [space.opaque_variable(k)])}
     reasons: list[str] = []
     for reason, keys in cx.reasons:
         if (not keys or any(k in live for k in keys)) and reason not in reasons:
@@ -177,10 +177,6 @@ def compile_rule(space: PacketSpace, rule: Rule, host: HostLike | None = None) -
     if result.is_empty():
         reasons = [r for r, keys in cx.reasons if not keys and r not in reasons]
     return Compiled(result, bool(reasons), tuple(reasons))
-
-
-def _var_of(space: PacketSpace, key: Hashable) -> str:
-    return space._opaque[key].var
 
 
 def _core(cx: _Ctx) -> PacketSet:

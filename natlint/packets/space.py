@@ -327,6 +327,7 @@ class _Opaque:
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])
+_NODE_CACHE_MAX = 100_000
 
 
 class PacketSpace:
@@ -411,6 +412,14 @@ class PacketSpace:
         self._level: dict[str, int] = {v: i for i, v in enumerate(declared)}
         self._opaque: dict[Hashable, _Opaque] = {}
         self._opaque_by_var: dict[str, _Opaque] = {}
+        # Opaque variables a transform must forget: those depending on every field, and per
+        # field those depending on it (append-only lists: their length is their version).
+        self._opaque_any: list[str] = []
+        self._opaque_on: dict[str, list[str]] = {}
+        # Nodes rebuilt over and over otherwise (cubes of quantified variables, value cubes,
+        # field equalities): the analysis of a big dump asks for the same ones thousands of times.
+        self._qcubes: dict[tuple[object, ...], _Node] = {}
+        self._node_cache: dict[tuple[object, ...], _Node] = {}
         self._labels: set[str] = set()
         self._true: _Node = self._bdd.true
         self._false: _Node = self._bdd.false
@@ -547,11 +556,22 @@ class PacketSpace:
             raise ValueError(f"unknown packet field {name!r}")
         return name
 
+    def _cached(self, key: tuple[object, ...], build: Callable[[], _Node]) -> _Node:
+        """A node built once per key (constant nodes: value cubes, equalities...)."""
+        node = self._node_cache.get(key)
+        if node is None:
+            if len(self._node_cache) >= _NODE_CACHE_MAX:
+                self._node_cache.clear()
+            node = build()
+            self._node_cache[key] = node
+        return node
+
     def _value_node(self, name: str, value: int) -> _Node:
         width = self.widths[name]
         if not 0 <= value < (1 << width):
             return self._false
-        return self._bdd.cube({var: bool(value >> (width - 1 - i) & 1) for i, var in enumerate(self._vars[name])})
+        return self._cached(("value", name, value), lambda: self._bdd.cube(
+            {var: bool(value >> (width - 1 - i) & 1) for i, var in enumerate(self._vars[name])}))
 
     def _masked_node(self, name: str, value: int, mask: int) -> _Node:
         width = self.widths[name]
@@ -559,12 +579,11 @@ class PacketSpace:
         mask &= full
         if value & ~mask & full or value > full:
             return self._false  # (x & mask) == value can never hold
-        bits = {
+        return self._cached(("masked", name, value, mask), lambda: self._bdd.cube({
             var: bool(value >> (width - 1 - i) & 1)
             for i, var in enumerate(self._vars[name])
             if mask >> (width - 1 - i) & 1
-        }
-        return self._bdd.cube(bits)
+        }))
 
     def _range_node(self, name: str, lo: int, hi: int) -> _Node:
         width = self.widths[name]
@@ -726,7 +745,7 @@ class PacketSpace:
                     node |= self._value_node(flag, 1)
             return self._valid & node
 
-        return self._guard(build)
+        return self._guard(lambda: self._cached(("ctstate", frozenset(wanted)), build))
 
     def tracked(self) -> PacketSet:
         """Packets with a connection (NEW, ESTABLISHED, RELATED)."""
@@ -757,6 +776,11 @@ class PacketSpace:
             entry = _Opaque(key, var, unique, deps)
             self._opaque[key] = entry
             self._opaque_by_var[var] = entry
+            if deps is None:
+                self._opaque_any.append(var)
+            else:
+                for dep in deps:
+                    self._opaque_on.setdefault(dep, []).append(var)
         var_name = entry.var
         return self._guard(lambda: self._valid & self._bdd.var(var_name))
 
@@ -800,15 +824,38 @@ class PacketSpace:
     # ------------------------------------------------------------------ transforms
 
     def _dependent_opaque(self, names: Iterable[str]) -> list[str]:
-        changed = set(names)
-        return [
-            e.var for e in self._opaque.values() if e.depends is None or e.depends & changed
-        ]
+        """The opaque variables a transform of these fields must forget."""
+        found = list(self._opaque_any)
+        for name in names:
+            found.extend(self._opaque_on.get(name, ()))
+        return found
 
     def _exist(self, node: _Node, names: Iterable[str], extra: Iterable[str] = ()) -> _Node:
-        names = list(names)
-        qvars = self._vars_of(names) + self._dependent_opaque(names) + list(extra)
-        return self._bdd.exist(qvars, node) if qvars else node
+        names = tuple(names)
+        extra = tuple(extra)
+        dependent = self._dependent_opaque(names)
+        if not names and not dependent and not extra:
+            return node
+        if self.backend != "cudd":
+            return self._bdd.exist(self._vars_of(names) + dependent + list(extra), node)
+        key = (names, len(self._opaque_any), tuple(len(self._opaque_on.get(n, ())) for n in names), extra)
+        return self._bdd.apply("\\E", self._qcube(key, lambda: self._vars_of(names) + dependent + list(extra)), node)
+
+    def _qcube(self, key: tuple[object, ...], variables: Callable[[], list[str]]) -> _Node:
+        """The positive cube of variables to quantify, built once per key (CUDD only: dd's
+        ``exist`` rebuilds the cube from names, over every variable of the manager, each call)."""
+        cube = self._qcubes.get(key)
+        if cube is None:
+            cube = self._bdd.cube(dict.fromkeys(variables(), True))
+            self._qcubes[key] = cube
+        return cube
+
+    def _quantify(self, variables: list[str], node: _Node) -> _Node:
+        if not variables:
+            return node
+        if self.backend != "cudd":
+            return self._bdd.exist(variables, node)
+        return self._bdd.apply("\\E", self._qcube(("vars", tuple(variables)), lambda: variables), node)
 
     def forget(self, packets: PacketSet, *names: str) -> PacketSet:
         """∃ fields: the packets that equal a member of ``packets`` except in these fields."""
@@ -843,15 +890,20 @@ class PacketSpace:
         """
         self._own(packets)
         names = [self._field(n) for n in values]
-        cube: dict[str, bool] = {}
-        for name, value in zip(names, values.values(), strict=True):
-            number = self.encode(name, value)
-            width = self.widths[name]
-            if not 0 <= number < (1 << width):
-                return self.none()
-            for i, var in enumerate(self._vars[name]):
-                cube[var] = bool(number >> (width - 1 - i) & 1)
-        return self._guard(lambda: self._valid & (self._exist(packets.node, names) & self._bdd.cube(cube)))
+        numbers = [self.encode(name, value) for name, value in zip(names, values.values(), strict=True)]
+        if any(not 0 <= n < (1 << self.widths[name]) for name, n in zip(names, numbers, strict=True)):
+            return self.none()
+
+        def cube() -> _Node:
+            bits: dict[str, bool] = {}
+            for name, number in zip(names, numbers, strict=True):
+                width = self.widths[name]
+                for i, var in enumerate(self._vars[name]):
+                    bits[var] = bool(number >> (width - 1 - i) & 1)
+            return self._bdd.cube(bits)
+
+        values_cube = self._cached(("values", tuple(names), tuple(numbers)), cube)
+        return self._guard(lambda: self._valid & (self._exist(packets.node, names) & values_cube))
 
     def assign_range(self, packets: PacketSet, name: str, lo: object, hi: object) -> PacketSet:
         """field := any value in [lo, hi]: ``∃field.S ∧ field ∈ [lo, hi]`` (NAT ranges)."""
@@ -886,18 +938,18 @@ class PacketSpace:
         names = self._vars[name]
         fixed = [names[width - 1 - i] for i in range(width) if mask >> i & 1]
         flipped = [names[width - 1 - i] for i in range(width) if flip and not mask >> i & 1 and value >> i & 1]
-        constants = {names[width - 1 - i]: bool(value >> i & 1) for i in range(width) if mask >> i & 1}
+
+        def constants() -> _Node:
+            return self._bdd.cube({names[width - 1 - i]: bool(value >> i & 1) for i in range(width) if mask >> i & 1})
 
         def build() -> _Node:
             node = packets.node
             dependent = self._dependent_opaque([name]) if (fixed or flipped) else []
-            quantified = fixed + dependent
-            if quantified:
-                node = self._bdd.exist(quantified, node)
+            node = self._quantify(fixed + dependent, node)
             if flipped:
                 node = self._bdd.let({v: ~self._bdd.var(v) for v in flipped}, node)
-            if constants:
-                node = node & self._bdd.cube(constants)
+            if fixed:
+                node = node & self._cached(("bits", name, value, mask), constants)
             return self._valid & node
 
         return self._guard(build)
@@ -913,9 +965,20 @@ class PacketSpace:
         (``∃field.S ≠ S``; opaque predicates are not quantified)."""
         self._own(packets)
         names = self._vars_of([self._field(name)])
-        if not set(names) & set(packets.node.support):
+        # no support(): dd builds it over every variable of the manager (thousands of opaque
+        # predicates in a kube-proxy dump)
+        quantified = self._quantify(names, packets.node)
+        if quantified == packets.node:
             return False
-        return bool((self._valid & self._bdd.exist(names, packets.node)) != packets.node)
+        return bool((self._valid & quantified) != packets.node)
+
+    def tests_variables(self, packets: PacketSet, variables: Sequence[str]) -> bool:
+        """Whether the set depends on any of these variables (fields' bits or opaque ones)."""
+        self._own(packets)
+        return bool(self._quantify(list(variables), packets.node) != packets.node)
+
+    def opaque_variable(self, key: Hashable) -> str:
+        return self._opaque[key].var
 
     def equate(self, packets: PacketSet, target: str, source: str) -> PacketSet:
         """``packets ∧ target = source``: no ∃ (so no opaque predicate is forgotten). The
@@ -940,10 +1003,14 @@ class PacketSpace:
             node = self._valid & self._exist(packets.node, [target]) if forget_target else packets.node
             if all(abs(self._level[t] - self._level[s]) == 1 for t, s in pairs):
                 # interleaved: the whole equality is linear, one conjunction
-                equal = self._true
-                for t, s in reversed(pairs):  # bottom-up
-                    equal = bdd.ite(bdd.var(t), bdd.var(s), ~bdd.var(s)) & equal
-                return node & equal
+
+                def equality() -> _Node:
+                    equal = self._true
+                    for t, s in reversed(pairs):  # bottom-up
+                        equal = bdd.ite(bdd.var(t), bdd.var(s), ~bdd.var(s)) & equal
+                    return equal
+
+                return node & self._cached(("equal", target, source), equality)
             # apart in the order: the equality alone is exponential, constrain bit by bit
             for t, s in pairs:
                 node = node & bdd.ite(bdd.var(t), bdd.var(s), ~bdd.var(s))
@@ -1155,19 +1222,19 @@ class PacketSet:
 
     def depends_on_opaque(self) -> tuple[Hashable, ...]:
         """The keys of the opaque predicates the set's membership depends on."""
-        support = self.node.support
-        return tuple(e.key for e in self.space._opaque.values() if e.var in support)
+        by_var = self.space._opaque_by_var
+        return tuple(by_var[v].key for v in sorted(self.node.support, key=self.space._level.__getitem__) if v in by_var)
 
     def may(self) -> PacketSet:
         """Packets that are in the set for some value of the opaque predicates (∃opaque)."""
         space = self.space
-        qvars = [e.var for e in space._opaque.values()]
+        qvars = [v for v in self.node.support if v in space._opaque_by_var]
         return space._guard(lambda: space._bdd.exist(qvars, self.node) if qvars else self.node)
 
     def must(self) -> PacketSet:
         """Packets that are in the set whatever the opaque predicates are (∀opaque)."""
         space = self.space
-        qvars = [e.var for e in space._opaque.values()]
+        qvars = [v for v in self.node.support if v in space._opaque_by_var]
         return space._guard(lambda: space._bdd.forall(qvars, self.node) if qvars else self.node)
 
     def count(self) -> int:
