@@ -17,11 +17,12 @@ if TYPE_CHECKING:
     from natlint.host.model import HostModel
     from natlint.netfilter.engine import Engine
 
-__all__ = ["CheckContext", "ENGINE_BUDGET"]
+__all__ = ["CheckContext", "ENGINE_BUDGET", "DEFAULT_BUDGET_SECONDS"]
 
-# Rule applications one file's semantic checks may spend before they stop with NL006-style
-# "analysis incomplete" instead of running for minutes.
+# Rule applications and seconds one file's semantic checks may spend before they stop with
+# NL007 "analysis incomplete" instead of running for minutes (``natlint check --budget``).
 ENGINE_BUDGET = 5_000_000
+DEFAULT_BUDGET_SECONDS = 60.0
 
 
 @dataclass
@@ -29,6 +30,7 @@ class CheckContext:
     ruleset: Ruleset
     host_model: HostModel | None = None
     max_branches: int = ENGINE_BUDGET
+    budget_seconds: float | None = DEFAULT_BUDGET_SECONDS
     notes: list[str] = field(default_factory=list)
 
     @cached_property
@@ -43,8 +45,13 @@ class CheckContext:
     def engine(self) -> Engine:
         """An engine that records steps (findings cite the rules that decided)."""
         from natlint.netfilter.engine import Engine
+        from natlint.packets.compile import compile_interfaces
+        from natlint.packets.space import PacketSpace
 
-        return Engine(self.ruleset, self.host, record_steps=True, max_branches=self.max_branches)
+        # the clock starts when the space is made: the budget covers every semantic check
+        space = PacketSpace(self.ruleset.family, compile_interfaces(self.ruleset, self.host),
+                            max_seconds=self.budget_seconds)
+        return Engine(self.ruleset, self.host, space=space, record_steps=True, max_branches=self.max_branches)
 
     @property
     def path(self) -> str:
