@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING, TextIO
 
 import click
@@ -10,6 +11,8 @@ import click
 from natlint import __version__
 
 if TYPE_CHECKING:
+    from natlint.config import Config, Settings
+    from natlint.findings import Finding
     from natlint.host import HostModel
     from natlint.model import Ruleset
 
@@ -19,10 +22,13 @@ Examples:
   iptables-save | natlint check -
   ip6tables-save | natlint check --family 6 -
   natlint check --format json rules.v4 rules.v6
+  natlint check --format sarif -o natlint.sarif rules.v4
+  natlint check --select NL1,NL3 --ignore NL102 rules.v4
   natlint rule NL101
 
 \b
-Exit codes: 0 no finding at or above --fail-on, 1 findings, 2 usage error or unreadable file.
+Exit codes: 0 no finding at or above --fail-on, 1 findings, 2 usage or configuration error, or
+an unreadable file.
 """
 
 
@@ -42,66 +48,208 @@ _HOST_HELP_CHECK = ("Host model for the semantic checks: a TOML file, or 'live' 
                     " Default: inferred from each dump.")
 
 
+_FORMATS = ("concise", "full", "json", "sarif", "github")
+
+
+class _ConfigProblem(click.ClickException):
+    """A configuration file or selector natlint cannot use: exit 2, like any usage error."""
+
+    exit_code = 2
+
+    def format_message(self) -> str:
+        return self.message
+
+
 @main.command(epilog=_EPILOG)
 @click.argument("paths", nargs=-1, type=click.Path(allow_dash=True, dir_okay=False))
-@click.option("--format", "fmt", type=click.Choice(["concise", "full", "json"]), default="concise", show_default=True,
-              envvar="NATLINT_FORMAT", help="Output format.")
-@click.option("--fail-on", type=click.Choice(["error", "warning", "info"]), default="error", show_default=True,
-              help="Exit 1 when a finding of this severity or higher is reported.")
+@click.option("--format", "fmt", type=click.Choice(_FORMATS), default=None, envvar="NATLINT_FORMAT",
+              help="Output format (env NATLINT_FORMAT; default: the config's 'format', else concise).")
+@click.option("-o", "--output", type=click.File("w", encoding="utf-8", lazy=True), default=None,
+              help="Write the report to this file instead of standard output.")
+@click.option("--fail-on", type=click.Choice(["error", "warning", "info"]), default=None,
+              help="Exit 1 when a finding of this severity or higher is reported (default: the config's, else error).")
 @click.option("--exit-zero", is_flag=True, help="Always exit 0 when the files could be read.")
+@click.option("--select", "select", multiple=True, metavar="CODES",
+              help="Only these codes: prefixes (NL1), codes (NL301), rule names, or ALL; comma separated.")
+@click.option("--extend-select", multiple=True, metavar="CODES", help="Add these codes to the selection.")
+@click.option("--ignore", multiple=True, metavar="CODES", help="Leave these codes out.")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Use this configuration file (natlint.toml, or a pyproject.toml with [tool.natlint]).")
+@click.option("--isolated", is_flag=True, help="Ignore every configuration file.")
+@click.option("--no-suppressions", is_flag=True,
+              help="Ignore '# natlint: ignore[...]' comments and rule comments (for audits).")
+@click.option("--stdin-filename", default=None, help="The name to report (and find the config for) for '-'.")
 @click.option("--family", type=click.Choice(["4", "6"]), default=None,
               help="IPv4 or IPv6 (default: from the file's header, name and addresses).")
-@click.option("-o", "--output", type=click.File("w"), default=None, help="Write the report to this file.")
 @click.option("--host", "host_path", default=None, help=_HOST_HELP_CHECK)
-def check(paths: tuple[str, ...], fmt: str, fail_on: str, exit_zero: bool, family: str | None,
-          output: TextIO | None, host_path: str | None) -> None:
-    """Check iptables-save dumps. PATHS are files, or - for standard input (the default)."""
-    from natlint.checks import run_checks
-    from natlint.findings import SEVERITY_RANK, Finding
-    from natlint.report.json import format_json, summary
-    from natlint.report.text import format_concise, format_full
+def check(paths: tuple[str, ...], fmt: str | None, output: TextIO | None, fail_on: str | None, exit_zero: bool,
+          select: tuple[str, ...], extend_select: tuple[str, ...], ignore: tuple[str, ...], config_path: str | None,
+          isolated: bool, no_suppressions: bool, stdin_filename: str | None, family: str | None,
+          host_path: str | None) -> None:
+    """Check iptables-save dumps. PATHS are files, or - for standard input (the default).
+
+    Settings come from the nearest natlint.toml, .natlint.toml or pyproject.toml [tool.natlint]
+    above each file (or --config); options given here override them. Findings can be suppressed
+    in the file with '# natlint: ignore[NL201] reason' on the line before a rule, or
+    -m comment --comment "natlint: ignore[NL201] reason" in the rule.
+    """
+    from natlint.checks import CheckContext, load_all, run_checks
+    from natlint.config import ConfigError, Selection, Settings, parse_selectors, validate_selectors
+    from natlint.findings import SEVERITY_RANK
+    from natlint.suppress import apply_suppressions
     from natlint.syntax.reader import read
 
+    if isolated and config_path:
+        raise click.UsageError("--isolated and --config exclude each other")
     if not paths:
         if sys.stdin.isatty():
             raise click.UsageError("give one or more files to check, or '-' to read standard input")
         paths = ("-",)
+    load_all()  # registers every code: selectors are checked against them
+    try:
+        cli = Selection(parse_selectors(select) if select else None, parse_selectors(extend_select),
+                        parse_selectors(ignore))
+        validate_selectors((*(cli.select or ()), *cli.extend_select, *cli.ignore), "command line")
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc).removeprefix("command line: "), param_hint="--select/--ignore") from None
     fam = int(family) if family else None
     findings: list[Finding] = []
-    unreadable = False
+    sources: dict[str, tuple[str, ...]] = {}
+    failures: list[str] = []
+    first: Settings | None = None
+    configs: dict[str, Config] = {}  # each configuration file is read once per run
     for path in paths:
+        name = (stdin_filename or "<stdin>") if path == "-" else path
+        try:
+            config_file = _config_for(name if path != "-" or stdin_filename else None, config_path, isolated, configs)
+            settings = Settings(config_file, cli)
+        except ConfigError as exc:
+            raise _ConfigProblem(f"natlint: error: {exc}") from None
+        first = first or settings
         try:
             if path == "-":
                 data = sys.stdin.buffer.read()
-                name = "<stdin>"
             else:
                 with open(path, "rb") as handle:
                     data = handle.read()
-                name = path
         except OSError as exc:
-            click.echo(f"natlint: cannot read {path}: {exc.strerror or exc}", err=True)
-            unreadable = True
+            message = f"cannot read {path}: {exc.strerror or exc}"
+            click.echo(f"natlint: {message}", err=True)
+            failures.append(message)
             continue
         ruleset = read(data, name, fam)  # type: ignore[arg-type]
-        host_model = _host_for(ruleset, host_path) if host_path is not None else None
-        findings.extend(run_checks(ruleset, host_model))
+        sources[name] = ruleset.lines
+        host_model = None
+        if host_path is not None:
+            host_model = _host_for(ruleset, host_path)
+        elif settings.config.host is not None:
+            try:
+                host_model = _host_for(ruleset, settings.config.host)
+            except click.BadParameter as exc:
+                raise _ConfigProblem(f"natlint: error: {settings.config.path}: host: {exc.message}") from None
+        ctx = CheckContext(ruleset, host_model, trusted_interfaces=settings.config.trusted_interfaces,
+                           trusted_networks=settings.config.trusted_networks)
+        raw = run_checks(ruleset, host_model, ctx=ctx)
+        findings.extend(_post_process(raw, ruleset, settings, no_suppressions, apply_suppressions))
+    config = first.config if first is not None else None
+    fmt = fmt or (config.format if config else None) or "concise"
+    fail_on = fail_on or (config.fail_on if config else None) or "error"
     out = output or click.get_text_stream("stdout")
-    if fmt == "json":
-        out.write(format_json(findings, len(paths)))
-    else:
-        out.write(format_full(findings) if fmt == "full" else format_concise(findings))
-        out.flush()  # the summary goes to stderr: keep it after the findings on a terminal
-        stats = summary(findings, len(paths))
-        if findings:
-            click.echo(f"Found {stats['errors']} error(s), {stats['warnings']} warning(s), {stats['infos']} info"
-                       f" in {len(paths)} file(s).", err=True)
-        elif not unreadable:
-            click.echo(f"All checks passed ({len(paths)} file(s)).", err=True)
-    if unreadable:
+    out.write(_render(fmt, findings, sources, failures, len(paths), out))
+    out.flush()  # the summary goes to stderr: keep it after the findings on a terminal
+    _summary(findings, len(paths), bool(failures))
+    if failures:
         sys.exit(2)
     threshold = SEVERITY_RANK[fail_on]
     if not exit_zero and any(SEVERITY_RANK[f.severity] >= threshold for f in findings):
         sys.exit(1)
+
+
+def _config_for(path: str | None, explicit: str | None, isolated: bool, cache: dict[str, Config]) -> Config:
+    """The configuration for one checked file: --config, none (--isolated), or the nearest file
+    above it (above the current folder for standard input). Each file is read once."""
+    from pathlib import Path
+
+    from natlint.config import Config, find_config, load_config, validate_selectors
+
+    if isolated:
+        return Config()
+    if explicit is not None:
+        found: Path | None = Path(explicit)
+    else:
+        found = find_config(Path(path).parent if path is not None else Path.cwd())
+    if found is None:
+        return Config()
+    key = str(found.resolve())
+    if key not in cache:
+        config = load_config(found)
+        validate_selectors(config.selectors(), str(config.path))
+        cache[key] = config
+    return cache[key]
+
+
+def _post_process(raw: list[Finding], ruleset: Ruleset, settings: Settings, no_suppressions: bool,
+                  apply_suppressions: Callable[..., list[Finding]]) -> list[Finding]:
+    """Selection, in-file suppressions (with NL005 for unused ones), then severity overrides."""
+    import dataclasses
+
+    path = ruleset.path
+
+    def enabled(code: str) -> bool:
+        return settings.enabled(code, path)
+
+    kept = [f for f in raw if enabled(f.code)]
+    if not no_suppressions:
+        kept = [f for f in apply_suppressions(ruleset, kept, enabled) if enabled(f.code)]
+    out: list[Finding] = []
+    for f in kept:
+        level = settings.severity_for(f.code)
+        out.append(dataclasses.replace(f, severity=level) if level is not None and level != f.severity else f)
+    return out
+
+
+def _use_color(stream: TextIO) -> bool:
+    """Colour on a terminal; never with NO_COLOR (no-color.org), always with FORCE_COLOR."""
+    import os
+
+    if os.environ.get("NO_COLOR"):
+        return False
+    if os.environ.get("FORCE_COLOR", "") not in ("", "0"):
+        return True
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty()) and os.environ.get("TERM") != "dumb"
+
+
+def _render(fmt: str, findings: list[Finding], sources: dict[str, tuple[str, ...]], failures: list[str],
+            files: int, out: TextIO) -> str:
+    if fmt == "json":
+        from natlint.report.json import format_json
+
+        return format_json(findings, files)
+    if fmt == "sarif":
+        from natlint.report.sarif import format_sarif
+
+        return format_sarif(findings, sources=sources, failures=failures)
+    if fmt == "github":
+        from natlint.report.github import format_github
+
+        return format_github(findings)
+    from natlint.report.text import format_concise, format_full
+
+    color = _use_color(out)
+    return format_full(findings, sources=sources, color=color) if fmt == "full" else format_concise(findings,
+                                                                                                   color=color)
+
+
+def _summary(findings: list[Finding], files: int, unreadable: bool) -> None:
+    from natlint.report.json import summary
+
+    stats = summary(findings, files)
+    if findings:
+        click.echo(f"Found {stats['errors']} error(s), {stats['warnings']} warning(s), {stats['infos']} info"
+                   f" in {files} file(s).", err=True)
+    elif not unreadable:
+        click.echo(f"All checks passed ({files} file(s)).", err=True)
 
 
 @main.command()

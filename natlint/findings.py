@@ -127,6 +127,17 @@ register(Code(
     fixed="(nothing to fix if the module is installed on the host)",
 ))
 register(Code(
+    "NL005", "unused-suppression", "warning",
+    "A natlint suppression (# natlint: ignore[...], file-ignore[...], or a 'natlint: ignore[...]' rule"
+    " comment) that suppresses nothing, or a natlint comment that is not a suppression natlint understands.",
+    why="A stale suppression stays silent until the line changes again, and then hides the next real"
+    " finding there without anyone noticing. A misspelt one suppresses nothing. (A warning, so the default"
+    " --fail-on error does not break a build over it; --fail-on warning makes it one.)",
+    example="*filter\n:INPUT DROP [0:0]\n# natlint: ignore[NL102] the rule below was fixed since\n"
+    "-A INPUT -i lo -j ACCEPT\nCOMMIT",
+    fixed="*filter\n:INPUT DROP [0:0]\n-A INPUT -i lo -j ACCEPT\nCOMMIT",
+))
+register(Code(
     "NL006", "ignored-line", "warning",
     "A line iptables-restore skips without an error, so it does not do what it says.",
     why="A rule with -6 in an iptables (IPv4) file, or -4 in an ip6tables file, is silently"

@@ -243,6 +243,9 @@ class HostSpec:
     extra_addrs: tuple[ExtraAddr, ...]
     routes: tuple[Route, ...]
     sysctls: tuple[tuple[str, str], ...]  # in order; applied before any interface exists
+    # in order, applied once every interface exists (per-interface keys such as
+    # net/ipv4/conf/docker0/route_localnet; slashes keep dotted interface names whole)
+    interface_sysctls: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -268,6 +271,7 @@ class BridgeSpec:
     addr: str  # the host's address on the bridge, with prefix length
     containers: tuple[ContainerSpec, ...]
     mcast_snooping: int = 0
+    hairpin: bool = False  # hairpin_mode on every port (the containers' host-side veths)
 
 
 @dataclass(frozen=True)
@@ -318,6 +322,7 @@ class Topology:
                 extra_addrs=tuple(ExtraAddr(str(e["addr"]), e.get("dev")) for e in host.get("extra_addrs", [])),
                 routes=routes(host.get("routes", [])),
                 sysctls=tuple((str(k), str(v)) for k, v in host.get("sysctls", {}).items()),
+                interface_sysctls=tuple((str(k), str(v)) for k, v in host.get("interface_sysctls", {}).items()),
             ),
             outside=ClientSpec(
                 str(peers["outside"]["addr"]), peers["outside"].get("gw"), routes(peers["outside"].get("routes", []))
@@ -330,6 +335,7 @@ class Topology:
                     name=str(b["name"]),
                     addr=str(b["addr"]),
                     mcast_snooping=int(b.get("mcast_snooping", 0)),
+                    hairpin=bool(b.get("hairpin", False)),
                     containers=tuple(
                         ContainerSpec(str(c["name"]), str(c["addr"]), c.get("host_if"), c.get("gw"))
                         for c in b.get("containers", [])
@@ -350,6 +356,8 @@ class Topology:
             out: dict[str, Any] = {"name": b.name, "addr": b.addr}
             if b.mcast_snooping:
                 out["mcast_snooping"] = b.mcast_snooping
+            if b.hairpin:
+                out["hairpin"] = True
             cs = []
             for c in b.containers:
                 cd: dict[str, Any] = {"name": c.name, "addr": c.addr}
@@ -371,6 +379,7 @@ class Topology:
                 "extra_addrs": [{"dev": e.dev, "addr": e.addr} if e.dev else {"addr": e.addr} for e in h.extra_addrs],
                 "routes": routes(h.routes),
                 "sysctls": dict(h.sysctls),
+                **({"interface_sysctls": dict(h.interface_sysctls)} if h.interface_sysctls else {}),
             },
             "outside": {"addr": self.outside.addr, "gw": self.outside.gw, "routes": routes(self.outside.routes)},
             "internet": {"addr": self.internet.addr, "gw": self.internet.gw, "routes": routes(self.internet.routes)},
@@ -1542,6 +1551,8 @@ class KernelLab:
                     self.namespaces["host"],
                 )
                 self._ipn("host", "link", "set", hif, "master", b.name, "up")
+                if b.hairpin:
+                    self._ipn("host", "link", "set", "dev", hif, "type", "bridge_slave", "hairpin", "on")
                 iface = t.container_interface(b, c)
                 self._addr_add(c.name, str(iface), f"eth{n}")
                 self._ipn(c.name, "link", "set", f"eth{n}", "up")
@@ -1552,6 +1563,9 @@ class KernelLab:
             self._route_add("host", "default", t.host.gw)
         for r in t.host.routes:
             self._route_add("host", r.to, r.via)
+        for key, value in t.host.interface_sysctls:
+            if not self._sysctl("host", key, value):
+                raise LabError(f"sysctl {key}={value} failed in the host namespace")
         self.addresses["host"].append("::1" if self.family == 6 else "127.0.0.1")
         if self.want_trace:
             self._install_trace_table()

@@ -435,3 +435,116 @@ def test_cli_trace_json(tmp_path: Path) -> None:
 def test_tracked_non_new_states_skip_nat(state: str) -> None:
     o = one(run(DNAT, dst="198.51.100.1", dport="8080", state=state, **OUTSIDE_TCP))
     assert not any(s.table == "nat" for s in o.steps)
+
+
+# ---------------------------------------------------------------- route_localnet and hairpin mode
+
+
+def _with(host: HostModel, name: str, **changes: Any) -> HostModel:
+    return replace(host, interfaces=tuple(replace(i, **changes) if i.name == name else i for i in host.interfaces))
+
+
+LOCALNET = NAT_HEAD + """\
+-A PREROUTING -d 198.51.100.1/32 -p tcp -m tcp --dport 8090 -j DNAT --to-destination 127.0.0.1:22
+-A OUTPUT -d 127.0.0.1/32 -p tcp -m tcp --dport 8080 -j DNAT --to-destination 172.17.0.2:80
+-A POSTROUTING -o docker0 -m addrtype --src-type LOCAL -j MASQUERADE
+COMMIT
+*filter
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+-A OUTPUT -p tcp -m tcp --dport 80
+COMMIT
+"""
+
+
+def test_martian_destination_without_route_localnet() -> None:
+    o = one(run(FILTER_OPEN, dst="127.0.0.1", dport="22", **OUTSIDE_TCP))
+    assert o.verdict == "DROP" and o.delivered is None
+    assert o.steps[-1].hook == "ROUTING"
+    assert o.steps[-1].action == "martian destination 127.0.0.0/8 on eth0: dropped by routing (route_localnet is off)"
+    on = one(run(FILTER_OPEN, _with(HOST, "eth0", route_localnet=True), dst="127.0.0.1", dport="22", **OUTSIDE_TCP))
+    assert on.verdict == "ACCEPT" and on.delivered is not None and on.delivered.to == "local"
+
+
+def test_martian_destination_after_dnat_and_source() -> None:
+    o = one(run(LOCALNET, dst="198.51.100.1", dport="8090", **OUTSIDE_TCP))
+    assert o.verdict == "DROP" and path(o) == [("nat", "PREROUTING", 1)] and "martian destination" in o.steps[-1].action
+    src = one(run(FILTER_OPEN, **{**C1_UDP, "src": "127.0.0.5"}, dst="198.51.100.1", dport="22"))
+    assert src.verdict == "DROP" and src.steps[-1].action.startswith("martian source 127.0.0.0/8 on docker0")
+    host = _with(HOST, "docker0", route_localnet=True)
+    ok = one(run(FILTER_OPEN, host, **{**C1_UDP, "src": "127.0.0.5"}, dst="198.51.100.1", dport="22"))
+    assert ok.verdict == "ACCEPT"
+    own = one(run(FILTER_OPEN, host, **{**C1_UDP, "src": "127.0.0.1"}, dst="198.51.100.1", dport="22"))
+    assert own.verdict == "DROP" and "host's own loopback address" in own.steps[-1].action
+
+
+def test_martians_per_interface_in_the_shared_run() -> None:
+    # no rule tests the input interface: one run serves every interface, then is restricted
+    ruleset = read(FILTER_OPEN, "<test>", 4)
+    host = _with(HOST, "docker0", route_localnet=True)
+    engine = Engine(ruleset, host)
+    results = {}
+    for iface in ("eth0", "docker0", "br-net1", "eth0"):
+        query = TraceQuery(iface, src="198.51.100.9", dst="127.0.0.1", proto="tcp", dport="22")
+        results[iface] = [o.verdict for o in trace(ruleset, host, query, engine=engine)]
+    assert results == {"eth0": ["DROP"], "docker0": ["ACCEPT"], "br-net1": ["DROP"]}
+
+
+def test_local_loopback_source_needs_route_localnet_on_the_way_out() -> None:
+    query = {"local": True, "src": "127.0.0.1", "dst": "127.0.0.1", "proto": "tcp", "sport": "41000", "dport": "8080"}
+    o = one(run(LOCALNET, **query))
+    assert o.verdict == "DROP" and path(o) == [("nat", "OUTPUT", 1)]  # before filter OUTPUT
+    assert "rerouted after nat OUTPUT" in o.steps[-1].action and "docker0" in o.steps[-1].action
+    on = one(run(LOCALNET, _with(HOST, "docker0", route_localnet=True), **query))
+    assert on.verdict == "ACCEPT" and on.delivered is not None and on.delivered.interface == "docker0"
+    assert path(on) == [("nat", "OUTPUT", 1), ("filter", "OUTPUT", 1), ("filter", "OUTPUT", "policy"),
+                        ("nat", "POSTROUTING", 1)]
+    assert pkt(on).src == ip("172.17.0.1")
+    bound = one(run(FILTER_OPEN, local=True, src="127.0.0.1", dst="198.51.100.2", proto="udp", dport="53"))
+    assert bound.verdict == "DROP" and path(bound) == [] and "the socket's route" in bound.steps[-1].action
+
+
+HAIRPIN = NAT_HEAD + """\
+-A PREROUTING -d 198.51.100.1/32 -p tcp -m tcp --dport 8080 -j DNAT --to-destination 172.17.0.2:80
+-A PREROUTING -d 172.17.0.3/32 -p tcp -m tcp --dport 9000 -j DNAT --to-destination 172.17.0.2:80
+-A POSTROUTING -s 172.17.0.2/32 -d 172.17.0.2/32 -p tcp -m tcp --dport 80 -j MASQUERADE
+COMMIT
+""" + FILTER_OPEN
+
+C1_TCP: dict[str, Any] = {**C1_UDP, "proto": "tcp"}
+
+
+@pytest.mark.parametrize("dst,dport", [("198.51.100.1", "8080"), ("172.17.0.3", "9000")])
+def test_hairpin_needs_hairpin_mode_with_br_netfilter(dst: str, dport: str) -> None:
+    o = one(run(HAIRPIN, dst=dst, dport=dport, **C1_TCP))
+    assert o.verdict == "DROP" and o.steps[-1].hook == "BRIDGE" and "hairpin mode is off" in o.steps[-1].action
+    assert path(o) == [("nat", "PREROUTING", 1 if dport == "8080" else 2)]  # no FORWARD
+    on = one(run(HAIRPIN, _with(HOST, "docker0", hairpin=True), dst=dst, dport=dport, **C1_TCP))
+    assert on.verdict == "ACCEPT" and pkt(on).src == ip("172.17.0.1") and pkt(on).dst == ip("172.17.0.2")
+    other = one(run(HAIRPIN, dst=dst, dport=dport, **{**C1_TCP, "src": "172.17.0.3"}))
+    assert other.verdict == "ACCEPT"  # c2 -> c1: another port, no hairpin
+
+
+def test_hairpin_without_br_netfilter_is_routed() -> None:
+    o = one(run(HAIRPIN, replace(HOST, br_netfilter=False), dst="198.51.100.1", dport="8080", **C1_TCP))
+    assert o.verdict == "ACCEPT" and ("filter", "FORWARD", "policy") in path(o)
+
+
+def test_ipv6_loopback_off_lo_is_dropped() -> None:
+    host6 = parse_host_toml(LAB_HOST.read_text().replace("127.0.0.1/8", "::1/128").replace(
+        "198.51.100.1/24", "2001:db8:100::1/64").replace("172.17.0.1/16", "fd00:17::1/64").replace(
+        "172.18.0.1/16", "fd00:18::1/64").replace("172.17.0.2", "fd00:17::2").replace(
+        "172.17.0.3", "fd00:17::3").replace("172.18.0.2", "fd00:18::2"), 6)
+    dump = """*raw
+:PREROUTING ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+-A PREROUTING -p udp
+COMMIT
+"""
+    ruleset = read(dump, "<test>", 6)
+    outside = one(trace(ruleset, host6, TraceQuery("eth0", src="2001:db8:100::2", dst="::1", proto="udp", dport="22")))
+    assert outside.verdict == "DROP" and path(outside) == [] and "dropped on receipt" in outside.steps[-1].action
+    bridged = one(trace(ruleset, host6, TraceQuery("docker0", src="::1", dst="2001:db8:100::1", proto="udp",
+                                                   dport="22")))
+    assert bridged.verdict == "DROP" and path(bridged) == [("raw", "PREROUTING", 1), ("raw", "PREROUTING", "policy")]

@@ -32,9 +32,11 @@ What the comparison leaves aside, on purpose:
   host, which natlint reports as local delivery, so the two still agree;
 * the lab builds no default route and no route through devices it does not create (see
   ``to_kernelcheck_topology``'s notes): natlint traces with its host model less those routes;
-* host settings the dumps imply but do not contain are made in the lab: Docker without the
-  userland proxy sets route_localnet and hairpin mode (DUMP_SYSCTLS, DUMP_HAIRPIN), kubelet's
-  bridge CNI sets hairpin mode; natlint models neither (it assumes both on);
+* host settings the dumps imply but do not contain (route_localnet, hairpin mode: Docker
+  without the userland proxy, kube-proxy and its bridge CNI) come from natlint's host model
+  (``natlint.host.infer`` reads them out of the rules) and ``to_kernelcheck_topology`` makes
+  them in the lab, so both see the same setting; a fixture's ``"hairpin": true`` turns
+  hairpin mode on in the host model it names;
 * a packet that reaches the receiver's wire but is refused there (a hairpin without
   MASQUERADE arrives with the receiver's own address as source, a martian) counts as
   delivered: netfilter on the host let it through;
@@ -93,19 +95,10 @@ DUMP_SETUP: Mapping[str, tuple[tuple[str, ...], ...]] = {
         ("ipset", "add", "docker-ext-bridges-v4", "172.17.0.0/16"),
     ),
 }
-# Host settings Docker makes that the dump does not show. Without the userland proxy Docker
-# sets route_localnet on its bridges (so that 127.0.0.1:PORT can be DNATed to a container)
-# and hairpin mode on their ports (so that a container reaches its own published port: with
-# br_netfilter a DNAT back onto the bridge is bridged, and a bridge sends nothing back out
-# of the port it came from otherwise). natlint assumes both: it models neither martian
-# loopback sources nor bridge ports.
-DUMP_SYSCTLS: Mapping[str, Mapping[str, str]] = {
-    "docker-28-noproxy-2containers.rules": {"net.ipv4.conf.default.route_localnet": "1"},
-}
-DUMP_HAIRPIN = frozenset({
-    "docker-28-noproxy-2containers.rules",
-    "kube-proxy-small.rules",  # the bridge CNI plugin (flannel: hairpinMode true) sets it
-})
+# Host settings a dump implies but does not show (route_localnet, hairpin mode) are natlint's
+# host model's (natlint.host.infer: Docker without the userland proxy, kube-proxy): the lab
+# is built from that model. Extra host-namespace sysctls per dump, when a dump needs one:
+DUMP_SYSCTLS: Mapping[str, Mapping[str, str]] = {}
 # Probes a dump's published ports do not give (kube-proxy's DNATs match no port): NodePorts
 # and the LoadBalancer IP from outside, ClusterIPs from a pod. Not from the host: the lab's
 # host has no default route, so its own packets to a ClusterIP never leave the socket.
@@ -138,7 +131,7 @@ class Case:
     probes: tuple[Probe, ...] = ()  # listed by the fixture (# probe: SRC PROTO DST PORT)
     setup: tuple[tuple[str, ...], ...] = ()
     sysctls: Mapping[str, str] = field(default_factory=dict)
-    hairpin: bool = False  # hairpin mode on every bridge port of the lab
+    hairpin: bool = False  # hairpin mode on every bridge port (in natlint's host model, hence the lab)
     skip: str | None = None
 
 
@@ -169,7 +162,7 @@ def _dump_case(path: Path) -> Case:
     elif setup and shutil.which(setup[0][0]) is None:
         skip = f"{name} needs `{' '.join(setup[0])}` before restore and {setup[0][0]} is not installed"
     return Case(f"dump:{path.stem}", path, probes=DUMP_PROBES.get(name, ()), setup=setup,
-                sysctls=DUMP_SYSCTLS.get(name, {}), hairpin=name in DUMP_HAIRPIN, skip=skip)
+                sysctls=DUMP_SYSCTLS.get(name, {}), skip=skip)
 
 
 def _cases() -> list[Any]:
@@ -489,6 +482,19 @@ def compare(probe: Probe, res: ProbeResult, ruleset: Ruleset, host: HostModel, e
     return "exact", None
 
 
+def probe_and_compare(lab: KernelLab, probe: Probe, ruleset: Ruleset, host: HostModel, engine: Engine, lm: LabMap
+                      ) -> tuple[str, str | None, ProbeResult]:
+    """Send the probe and :func:`compare`; a disagreement after a client timeout is asked
+    again with SLOW_TIMEOUT first (a slow machine, not a verdict?)."""
+    res = lab.probe(probe)
+    verdict, report = compare(probe, res, ruleset, host, engine, lm)
+    if verdict == "disagree" and res.client in ("timeout", "no-reply"):
+        retry = replace(probe, timeout=SLOW_TIMEOUT)
+        res = lab.probe(retry)
+        verdict, report = compare(retry, res, ruleset, host, engine, lm)
+    return verdict, report, res
+
+
 def _report(probe: Probe, query: TraceQuery, outcomes: list[Outcome], res: ProbeResult, kv: KernelView,
             why: list[str]) -> str:
     where = "--local" if query.local else f"--in {query.in_interface}"
@@ -520,9 +526,10 @@ def _summary() -> Iterator[None]:
 
 
 def _host_model(case: Case, ruleset: Ruleset) -> HostModel:
-    if case.host_file is not None:
-        return read_host_file(case.host_file, ruleset.family)
-    return infer(ruleset)
+    host = read_host_file(case.host_file, ruleset.family) if case.host_file is not None else infer(ruleset)
+    if case.hairpin:  # the fixture's lab option: hairpin mode on every bridge, for natlint too
+        host = replace(host, interfaces=tuple(replace(i, hairpin=True) if i.bridge else i for i in host.interfaces))
+    return host
 
 
 def _as_built(host: HostModel, topo: Mapping[str, Any]) -> HostModel:
@@ -549,14 +556,10 @@ def _topology(case: Case, host: HostModel) -> Topology:
 
 
 def _setup_commands(case: Case, lab: KernelLab) -> list[tuple[str, ...]]:
-    cmds = list(case.setup)
-    if case.hairpin:
-        p = subprocess.run(["ip", "-n", lab.namespaces["host"], "-j", "link", "show", "type", "veth"],
-                           capture_output=True, check=True)
-        for link in json.loads(p.stdout or b"[]"):
-            if link.get("master"):
-                cmds.append(("ip", "link", "set", "dev", link["ifname"], "type", "bridge_slave", "hairpin", "on"))
-    return cmds
+    """Commands for the lab's host namespace before the dump is loaded (hairpin mode and
+    route_localnet come with the topology, from the host model)."""
+    del lab
+    return list(case.setup)
 
 
 @pytest.mark.parametrize("case", _cases())
@@ -585,13 +588,7 @@ def test_engine_agrees_with_kernel(case: Case) -> None:
             if key in seen or not lm.reachable(role, probe.dst):
                 continue
             seen.add(key)
-            res = lab.probe(probe)
-            verdict, report = compare(probe, res, ruleset, host, engine, lm)
-            if verdict == "disagree" and res.client in ("timeout", "no-reply"):
-                # a slow machine, not a verdict? ask again with the harness's patient timeout
-                retry = replace(probe, timeout=SLOW_TIMEOUT)
-                res = lab.probe(retry)
-                verdict, report = compare(retry, res, ruleset, host, engine, lm)
+            verdict, report, _res = probe_and_compare(lab, probe, ruleset, host, engine, lm)
             tally.probes += 1
             if verdict == "exact":
                 tally.exact += 1

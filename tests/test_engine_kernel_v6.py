@@ -28,7 +28,6 @@ import ipaddress
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +40,6 @@ from test_engine_kernel import (
     EXTRA_PORTS,
     PROBE_TIMEOUT,
     REFERENCE_DUMPS,
-    SLOW_TIMEOUT,
     Case,
     LabMap,
     Tally,
@@ -52,7 +50,7 @@ from test_engine_kernel import (
     _setup_commands,
     _targeted,
     _topology,
-    compare,
+    probe_and_compare,
 )
 
 from natlint.netfilter.engine import Engine
@@ -170,12 +168,7 @@ def test_engine_agrees_with_kernel_v6(case: Case) -> None:
             if key in seen or not lm.reachable(role, probe.dst):
                 continue
             seen.add(key)
-            res = lab.probe(probe)
-            verdict, report = compare(probe, res, ruleset, host, engine, lm)
-            if verdict == "disagree" and res.client in ("timeout", "no-reply"):
-                retry = replace(probe, timeout=SLOW_TIMEOUT)
-                res = lab.probe(retry)
-                verdict, report = compare(retry, res, ruleset, host, engine, lm)
+            verdict, report, _res = probe_and_compare(lab, probe, ruleset, host, engine, lm)
             tally.probes += 1
             if verdict == "exact":
                 tally.exact += 1

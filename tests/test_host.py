@@ -663,3 +663,129 @@ def test_kernelcheck_topology_approximations() -> None:
         to_kernelcheck_topology(HostModel(6))
     with pytest.raises(ValueError, match="external"):
         to_kernelcheck_topology(HostModel(4))
+
+
+# ---------------------------------------------------------------- route_localnet and hairpin mode
+
+_NOPROXY = "*nat\n" + "".join(f":{c} ACCEPT [0:0]\n" for c in ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING")) + """\
+:DOCKER - [0:0]
+-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER
+-A OUTPUT -m addrtype --dst-type LOCAL -j DOCKER
+-A POSTROUTING -o docker0 -m addrtype --src-type LOCAL -j MASQUERADE
+-A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE
+-A DOCKER -p tcp -m tcp --dport 8080 -j DNAT --to-destination 172.17.0.2:80
+COMMIT
+"""
+
+
+def _rules(text: str) -> natlint.Ruleset:
+    from natlint.syntax.reader import read
+
+    return read(text.encode(), "<test>", 4)
+
+
+def test_infer_docker_without_userland_proxy_sets_localnet_and_hairpin() -> None:
+    host = infer(_rules(_NOPROXY))
+    docker0 = host.interface("docker0")
+    assert docker0 is not None and docker0.route_localnet and docker0.hairpin
+    assert host.external is not None and not host.external.route_localnet and not host.external.hairpin
+    assert host.localnet("docker0") and host.localnet("lo") and not host.localnet("eth0")
+    notes = [n for n in host.inferred if "route_localnet" in n or "hairpin" in n]
+    assert len(notes) == 2 and all("line 9: -A POSTROUTING -o docker0 -m addrtype --src-type LOCAL" in n for n in notes)
+    proxy_on = infer(_rules(_NOPROXY.replace("-A POSTROUTING -o docker0 -m addrtype --src-type LOCAL"
+                                                    " -j MASQUERADE\n", "")))
+    assert not any(i.route_localnet or i.hairpin for i in proxy_on.interfaces)
+
+
+@needs_reference
+def test_infer_kube_proxy_sets_route_localnet_everywhere() -> None:
+    host = infer(load_reference("kube-proxy-small.rules"))
+    assert all(i.route_localnet for i in host.interfaces if i.name != "lo")
+    assert all(i.hairpin for i in host.bridges())
+    note = next(n for n in host.inferred if "route_localnet is on for every interface" in n)
+    assert "KUBE-FIREWALL" in note and "conf.all.route_localnet=1" in note
+
+
+def test_toml_route_localnet_and_hairpin() -> None:
+    text = """
+[[interface]]
+name = "eth0"
+addresses = ["198.51.100.1/24"]
+external = true
+route_localnet = true
+
+[[interface]]
+name = "docker0"
+addresses = ["172.17.0.1/16"]
+bridge = true
+hairpin = true
+"""
+    host = parse_host_toml(text, 4)
+    assert host.interface("eth0") == Interface("eth0", (IfAddress.parse("198.51.100.1/24"),), external=True,
+                                               route_localnet=True)
+    docker0 = host.interface("docker0")
+    assert docker0 is not None and docker0.hairpin and not docker0.route_localnet
+    out = dump_host_toml(host)
+    assert "route_localnet = true" in out and "hairpin = true" in out and "route_localnet = false" in out
+    assert parse_host_toml(out, 4) == _as_read(host)
+    assert "eth0: 198.51.100.1/24 [external, route_localnet]" in host.describe()
+    with pytest.raises(HostFileError, match="hairpin mode is a bridge's setting"):
+        parse_host_toml('[[interface]]\nname = "eth0"\nhairpin = true\n', 4)
+    with pytest.raises(HostFileError, match=r"route_localnet.*must be true or false"):
+        parse_host_toml('[[interface]]\nname = "eth0"\nroute_localnet = 1\n', 4)
+
+
+def test_cli_host_prints_the_new_keys(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from natlint.cli import main
+
+    rules = tmp_path / "rules.v4"
+    rules.write_text(_NOPROXY)
+    result = CliRunner().invoke(main, ["host", str(rules)])
+    assert result.exit_code == 0, result.output
+    assert "hairpin = true" in result.output and "route_localnet = true" in result.output
+
+
+def test_live_reads_route_localnet_and_hairpin(monkeypatch: pytest.MonkeyPatch) -> None:
+    links = [
+        {"ifname": "lo"},
+        {"ifname": "eth0"},
+        {"ifname": "docker0", "linkinfo": {"info_kind": "bridge"}},
+        {"ifname": "veth1", "master": "docker0",
+         "linkinfo": {"info_kind": "veth", "info_slave_kind": "bridge", "info_slave_data": {"hairpin": True}}},
+        {"ifname": "br1", "linkinfo": {"info_kind": "bridge"}},
+        {"ifname": "veth2", "master": "br1",
+         "linkinfo": {"info_kind": "veth", "info_slave_kind": "bridge", "info_slave_data": {"hairpin": False}}},
+    ]
+
+    def fake(argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        answer = links if tuple(argv) == ("ip", "-j", "-d", "link", "show") else []
+        return subprocess.CompletedProcess(argv, 0, json.dumps(answer), "")
+
+    read: list[str] = []
+
+    def localnet(name: str) -> bool:
+        read.append(name)
+        return name == "docker0"
+
+    monkeypatch.setattr(subprocess, "run", fake)
+    monkeypatch.setattr(live_module, "_read_sysctl", lambda relative: "1")
+    monkeypatch.setattr(live_module, "_read_route_localnet", localnet)
+    host = read_live(4)
+    assert [i.name for i in host.interfaces if i.route_localnet] == ["docker0"]
+    assert [i.name for i in host.interfaces if i.hairpin] == ["docker0"]
+    assert "all" in read and "lo" not in read
+    monkeypatch.setattr(live_module, "_read_route_localnet", lambda name: name == "all")
+    everywhere = read_live(4)
+    assert all(i.route_localnet for i in everywhere.interfaces if i.name != "lo")
+    assert not any(i.route_localnet for i in read_live(6).interfaces)
+
+
+def test_kernelcheck_topology_carries_localnet_and_hairpin() -> None:
+    host = infer(_rules(_NOPROXY))
+    topo = to_kernelcheck_topology(host)
+    host_part: Any = topo["host"]
+    assert host_part["interface_sysctls"] == {"net/ipv4/conf/docker0/route_localnet": "1"}
+    bridges: Any = topo["bridges"]
+    assert [b.get("hairpin") for b in bridges] == [True]

@@ -2,13 +2,15 @@
 
 Structural checks only read ``ctx.ruleset``; semantic checks ask ``ctx.engine`` (built once
 per file and shared, so compiled rules are reused across checks). ``ctx.host`` is the model
-given with ``--host`` or, by default, the one inferred from the dump.
+given with ``--host`` or, by default, the one inferred from the dump. ``trusted_interfaces``
+and ``trusted_networks`` come from the configuration file (empty unless configured).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
+from ipaddress import IPv4Network, IPv6Network
 from typing import TYPE_CHECKING
 
 from natlint.model.ruleset import Ruleset
@@ -32,6 +34,10 @@ class CheckContext:
     max_branches: int = ENGINE_BUDGET
     budget_seconds: float | None = DEFAULT_BUDGET_SECONDS
     notes: list[str] = field(default_factory=list)
+    # From the configuration (trusted-interfaces, trusted-networks): traffic a check may treat as
+    # coming from the operator's side (a management VPN, a bastion network). Empty by default.
+    trusted_interfaces: tuple[str, ...] = ()
+    trusted_networks: tuple[IPv4Network | IPv6Network, ...] = ()
 
     @cached_property
     def host(self) -> HostModel:

@@ -15,7 +15,13 @@ they install (``../shared/research/docker-and-kube-proxy-rules.md`` 1.3-1.10, 2.
   ``FLANNEL-POSTRTG -s P -d C -j RETURN`` (cni0 gets P's first address, flannel.1 P/32 and a
   route for C);
 * the external interface: the ``-o`` of a MASQUERADE/SNAT that is not a bridge, else the
-  ``-i`` of a DNAT, else an uplink-looking name used in a rule, else ``eth0``.
+  ``-i`` of a DNAT, else an uplink-looking name used in a rule, else ``eth0``;
+* host settings (research 1.6, P8, P11): Docker without the userland proxy
+  (``-A POSTROUTING -o <br> -m addrtype --src-type LOCAL -j MASQUERADE``) sets
+  ``route_localnet`` on that bridge and hairpin mode on its ports; kube-proxy in iptables mode
+  (``KUBE-FIREWALL`` / ``KUBE-SERVICES``) sets ``net.ipv4.conf.all.route_localnet=1`` (every
+  interface), and a Kubernetes node's bridge CNI (kubenet, flannel: ``hairpinMode``) puts
+  its bridges' ports in hairpin mode so that a pod reaches its own Service.
 
 What the rules do not say is filled with placeholders from the documentation ranges
 (198.51.100.0/24, 203.0.113.0/24, 192.0.2.0/24; 2001:db8::/32) that collide with nothing the
@@ -58,12 +64,15 @@ class _Draft:
     bridge: bool = False
     external: bool = False
     ports: list[str] = field(default_factory=list)
+    route_localnet: bool = False
+    hairpin: bool = False
 
     def holds(self, address: int) -> bool:
         return any(a.prefix.contains(address) for a in self.addresses)
 
     def freeze(self) -> Interface:
-        return Interface(self.name, tuple(self.addresses), self.bridge, self.external, tuple(self.ports))
+        return Interface(self.name, tuple(self.addresses), self.bridge, self.external, tuple(self.ports),
+                         route_localnet=self.route_localnet, hairpin=self.hairpin and self.bridge)
 
 
 def _where(rule: Rule) -> str:
@@ -215,6 +224,7 @@ class _Inference:
         external = self.external_interface()
         self.local_addresses(external)
         self.address_externals(external)
+        self.host_settings()
         br_netfilter = self.br_netfilter()
         return self.build(br_netfilter)
 
@@ -542,6 +552,48 @@ class _Inference:
             self.routes.append(Route(default, primary.name, gateway))
             via = f" via {self.fmt(gateway)}" if gateway is not None else ""
             self.note(f"the default route goes out of {primary.name}{via} (assumed)")
+
+    def host_settings(self) -> None:
+        """route_localnet and hairpin mode, from Docker's userland-proxy-off signature and
+        from kube-proxy (see the module documentation)."""
+        for rule in self.rules:
+            if rule.table != "nat" or rule.chain != "POSTROUTING" or rule.target is None:
+                continue
+            out = _ifname(rule.out_interface)
+            addrtype = rule.match("addrtype")
+            src_type = addrtype.option("src_type") if addrtype is not None else None
+            if (
+                rule.target.name != "MASQUERADE" or out is None or out[1] or out[0] == "lo" or src_type is None
+                or src_type.invert or src_type.value != frozenset({"LOCAL"}) or rule.source is not None
+            ):
+                continue
+            draft = self.iface(out[0])
+            if not draft.bridge:
+                continue
+            if self.v == 4 and not draft.route_localnet:
+                draft.route_localnet = True
+                self.note(f"{draft.name} has route_localnet on (Docker without the userland proxy masquerades"
+                          " the host's own addresses, 127.0.0.1 included, onto it)", rule)
+            if not draft.hairpin:
+                draft.hairpin = True
+                self.note(f"{draft.name}'s ports are in hairpin mode (Docker without the userland proxy)", rule)
+        if not self.kube:
+            return
+        marker = next((r for r in self.rules if r.chain == "KUBE-FIREWALL"), None) or next(
+            (r for r in self.rules if r.chain == "KUBE-SERVICES"), None)
+        if marker is None:
+            return
+        if self.v == 4:
+            names = [d.name for d in self.ifaces.values() if d.name != "lo"]
+            for d in self.ifaces.values():
+                d.route_localnet = d.name != "lo"
+            self.note("route_localnet is on for every interface (" + ", ".join(names) + "): kube-proxy in iptables"
+                      " mode sets net.ipv4.conf.all.route_localnet=1", marker)
+        for d in self.ifaces.values():
+            if d.bridge and not d.hairpin:
+                d.hairpin = True
+                self.note(f"{d.name}'s ports are assumed in hairpin mode (a Kubernetes node: kubelet and the"
+                          " bridge CNI set it so that a pod reaches its own Service)", marker)
 
     def br_netfilter(self) -> bool:
         reasons = [r for r, on in (

@@ -1,8 +1,10 @@
 """Read the host model of the machine natlint runs on (``--host live``).
 
 natlint never changes the system: this module runs only the read-only ``ip`` commands listed
-in :data:`READ_ONLY_COMMANDS` (JSON output, with a timeout) and reads two or three files under
-``/proc/sys``. Container addresses live in other network namespaces and are not read.
+in :data:`READ_ONLY_COMMANDS` (JSON output, with a timeout) and reads files under
+``/proc/sys`` (forwarding, bridge-nf-call, each interface's ``route_localnet``). A bridge's
+hairpin mode comes from its ports' ``ip -d link`` details. Container addresses live in other
+network namespaces and are not read.
 """
 
 from __future__ import annotations
@@ -65,6 +67,16 @@ def _read_sysctl(relative: str) -> str | None:
         return None
 
 
+def _read_route_localnet(ifname: str) -> bool:
+    """``/proc/sys/net/ipv4/conf/<ifname>/route_localnet`` (``all``: the host-wide switch)."""
+    if not ifname or "/" in ifname or ifname in (".", ".."):
+        return False
+    try:
+        return (_SYSCTL / "net/ipv4/conf" / ifname / "route_localnet").read_text(encoding="ascii").strip() == "1"
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
 def _records(value: object) -> list[dict[str, object]]:
     return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
 
@@ -99,6 +111,7 @@ def read_live(family: Literal[4, 6] = 4) -> HostModel:
 
     bridges: set[str] = set()
     ports: dict[str, list[str]] = {}
+    hairpins: dict[str, list[bool]] = {}  # bridge -> its ports' hairpin mode
     order: list[str] = []
     for link in links:
         name = link.get("ifname")
@@ -111,6 +124,9 @@ def read_live(family: Literal[4, 6] = 4) -> HostModel:
         master = link.get("master")
         if isinstance(master, str):
             ports.setdefault(master, []).append(name)
+            slave = info.get("info_slave_data") if isinstance(info, dict) else None
+            if isinstance(info, dict) and info.get("info_slave_kind") == "bridge" and isinstance(slave, dict):
+                hairpins.setdefault(master, []).append(slave.get("hairpin") is True)
 
     addresses: dict[str, list[IfAddress]] = {}
     wanted = "inet" if family == 4 else "inet6"
@@ -158,8 +174,24 @@ def read_live(family: Literal[4, 6] = 4) -> HostModel:
         if net.prefixlen == 0 and dev_name and dev_name not in external:
             external.append(dev_name)
 
+    localnet_all = family == 4 and _read_route_localnet("all")
+    if localnet_all:
+        notes.append("net.ipv4.conf.all.route_localnet is 1: every interface routes 127.0.0.0/8")
+
+    def localnet(name: str) -> bool:
+        if family != 4 or name == "lo":
+            return False
+        return localnet_all or _read_route_localnet(name)
+
+    def hairpin(name: str) -> bool:
+        modes = hairpins.get(name, [])
+        if modes and any(modes) and not all(modes):
+            notes.append(f"{name}: hairpin mode is on for some of its ports only: modelled as on")
+        return any(modes)
+
     interfaces = tuple(
-        Interface(name, tuple(addresses.get(name, [])), name in bridges, name in external, tuple(ports.get(name, [])))
+        Interface(name, tuple(addresses.get(name, [])), name in bridges, name in external, tuple(ports.get(name, [])),
+                  route_localnet=localnet(name), hairpin=name in bridges and hairpin(name))
         for name in order
     )
     bridge_nf = _read_sysctl("net/bridge/bridge-nf-call-" + ("iptables" if family == 4 else "ip6tables"))

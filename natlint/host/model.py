@@ -141,6 +141,18 @@ class Interface:
     ``bridge``: a Linux bridge (its ports' traffic is bridged, and crosses FORWARD when
     br_netfilter is on). ``external``: faces the outside world (MASQUERADE's usual ``-o``, the
     default route). ``ports``: the bridge's member interfaces, where known.
+
+    ``route_localnet`` (IPv4, ``net.ipv4.conf.<name>.route_localnet``, or ``conf.all``): the
+    kernel routes 127.0.0.0/8 on this interface. Off (the default), routing drops a packet
+    arriving here whose destination (after DNAT) or source is in 127.0.0.0/8 (martian), and
+    a locally generated packet with a 127.0.0.0/8 source that would leave through here (e.g.
+    ``127.0.0.1:PORT`` DNATed in nat OUTPUT to a container). Docker without the userland proxy
+    turns it on for its bridges, kube-proxy (iptables mode) for every interface.
+
+    ``hairpin`` (bridges: ``hairpin_mode`` of every port): the bridge may send a frame back
+    out of the port it came in on. Off (the default), with br_netfilter a packet DNATed back
+    to its own sender (a container reaching its own published port) is dropped by the bridge
+    before FORWARD. Docker without the userland proxy turns it on for its veths.
     """
 
     name: str
@@ -148,6 +160,8 @@ class Interface:
     bridge: bool = False
     external: bool = False
     ports: tuple[str, ...] = ()
+    route_localnet: bool = False
+    hairpin: bool = False
 
     @property
     def loopback(self) -> bool:
@@ -329,6 +343,11 @@ class HostModel:
     def interface_names(self) -> tuple[str, ...]:
         return tuple(i.name for i in self.interfaces)
 
+    def localnet(self, ifname: str) -> bool:
+        """Whether routing accepts 127.0.0.0/8 on ``ifname`` (``lo`` always does)."""
+        iface = self.interface(ifname)
+        return ifname == "lo" or (iface is not None and iface.route_localnet)
+
     def bridges(self) -> tuple[Interface, ...]:
         return tuple(i for i in self.interfaces if i.bridge)
 
@@ -434,9 +453,10 @@ class HostModel:
     def route(self, address: int) -> RouteDecision:
         """The routing decision for a destination: local table first, then longest match.
 
-        Destination-only, like ``ip route get ADDRESS``: policy routing (``ip rule``), marks,
-        rp_filter and the input-side martian checks (127.0.0.0/8 arriving on another interface
-        than lo without ``route_localnet``) are not modelled; IPv4 0.0.0.0/8 is unreachable.
+        Destination-only, like ``ip route get ADDRESS``: policy routing (``ip rule``), marks
+        and rp_filter are not modelled; IPv4 0.0.0.0/8 is unreachable. The martian checks that
+        depend on the interface (127.0.0.0/8 without :attr:`Interface.route_localnet`, IPv6
+        ``::1`` off lo) are the engine's (natlint.netfilter.engine).
         """
         best: list[tuple[int, int, RouteDecision] | None] = [None, None]
         for order, e in enumerate(self._entries):
@@ -612,7 +632,8 @@ class HostModel:
         """One line per interface, route and container, for people."""
         lines = []
         for iface in self.interfaces:
-            flags = [f for f, on in (("bridge", iface.bridge), ("external", iface.external)) if on]
+            flags = [f for f, on in (("bridge", iface.bridge), ("external", iface.external),
+                                     ("route_localnet", iface.route_localnet), ("hairpin", iface.hairpin)) if on]
             addrs = ", ".join(str(a) for a in iface.addresses) or "no address"
             lines.append(f"{iface.name}: {addrs}{' [' + ', '.join(flags) + ']' if flags else ''}")
         for r in self.routes:

@@ -14,6 +14,8 @@ name = "docker0"
 addresses = ["172.17.0.1/16"]
 bridge = true                # optional
 ports = ["veth0"]            # optional: the bridge's member interfaces
+hairpin = true               # optional (bridges, default false): hairpin_mode on its ports
+route_localnet = true        # optional (IPv4, default false): routes 127.0.0.0/8 here
 
 [[route]]
 dst = "0.0.0.0/0"            # or "default" (its family is the one of via)
@@ -46,7 +48,7 @@ from natlint.model.values import interface_name_problem, parse_interface
 __all__ = ["HostFileError", "read_host_file", "parse_host_toml", "dump_host_toml"]
 
 _TOP_KEYS = ("br_netfilter", "ip_forward", "interface", "route", "container")
-_INTERFACE_KEYS = ("name", "addresses", "bridge", "external", "ports")
+_INTERFACE_KEYS = ("name", "addresses", "bridge", "external", "ports", "route_localnet", "hairpin")
 _ROUTE_KEYS = ("dst", "dev", "via", "kind")
 _CONTAINER_KEYS = ("name", "address", "bridge")
 _ROUTE_KINDS: tuple[RouteKind, ...] = ("unicast", "blackhole", "unreachable", "prohibit")
@@ -153,9 +155,13 @@ class _Reader:
                 if address.version == self.family:
                     addresses.append(address)
             ports = [self.ifname(p, f"{where}, key 'ports'") for p in self.strings(table, "ports", where)]
+            is_bridge = self.boolean(table, "bridge", where, False)
+            hairpin = self.boolean(table, "hairpin", where, False)
+            if hairpin and not is_bridge:
+                raise self.fail(f"{where}, key 'hairpin'", "hairpin mode is a bridge's setting: add bridge = true")
             interfaces.append(Interface(
-                name, tuple(addresses), self.boolean(table, "bridge", where, False),
-                self.boolean(table, "external", where, False), tuple(ports),
+                name, tuple(addresses), is_bridge, self.boolean(table, "external", where, False), tuple(ports),
+                route_localnet=self.boolean(table, "route_localnet", where, False), hairpin=hairpin,
             ))
         names = {i.name for i in interfaces}
         routes = []
@@ -268,6 +274,10 @@ def dump_host_toml(host: HostModel, *, title: str | None = None) -> str:
             lines.append("external = true")
         if iface.ports:
             lines.append(f"ports = [{', '.join(_quote(p) for p in iface.ports)}]")
+        if iface.bridge:
+            lines.append(f"hairpin = {_bool(iface.hairpin)}")
+        if (host.family == 4 and not iface.loopback) or iface.route_localnet:
+            lines.append(f"route_localnet = {_bool(iface.route_localnet)}")
     for route in host.routes:
         lines += ["", "[[route]]", f"dst = {_quote(str(route.dst))}"]
         if route.dev:

@@ -4,7 +4,10 @@ kernelcheck builds network namespaces from it: the host with its external interf
 bridges, containers on the bridges, and an ``outside`` client and an ``internet`` server on the
 external subnet. A differential test loads the same dump there and compares the kernel's
 answers with natlint's, so the namespaces must be the model: same interface names, addresses,
-bridges and containers, same ``bridge-nf-call-iptables`` and ``ip_forward``.
+bridges and containers, same ``bridge-nf-call-iptables`` and ``ip_forward``, same
+``route_localnet`` per interface (``host.interface_sysctls``, applied once the interfaces
+exist) and hairpin mode per bridge (``bridges[].hairpin``: on every port). These two keys are
+natlint's kernel harness's (tests/kernel_harness.py); kernelcheck ignores them.
 
 What kernelcheck cannot build is approximated and listed in ``notes`` (a key kernelcheck
 ignores): addresses of other interfaces become /32 extra addresses of the external interface
@@ -60,7 +63,7 @@ def to_kernelcheck_topology(host: HostModel) -> dict[str, object]:
                     names[c.name] = _container_name(c.name, set(names.values()))
                 containers.append({"name": names[c.name], "addr": format_ip(v, c.address)})
             bridges.append({"name": iface.name, "addr": str(iface.addresses[0]), "mcast_snooping": 0,
-                            "containers": containers})
+                            "containers": containers, **({"hairpin": True} if iface.hairpin else {})})
             rest = iface.addresses[1:]
         else:
             rest = iface.addresses
@@ -79,6 +82,15 @@ def to_kernelcheck_topology(host: HostModel) -> dict[str, object]:
         else:
             via = f" via {format_ip(v, r.via)}" if r.via is not None else ""
             notes.append(f"route {r.dst} ({r.kind}{' dev ' + r.dev if r.dev else ''}{via}) left out")
+    built = {ext.name, *(str(b["name"]) for b in bridges)}
+    interface_sysctls: dict[str, str] = {}
+    for iface in host.interfaces:
+        if v != 4 or iface.loopback or not iface.route_localnet:
+            continue
+        if iface.name in built:
+            interface_sysctls[f"net/ipv4/conf/{iface.name}/route_localnet"] = "1"
+        else:
+            notes.append(f"route_localnet of {iface.name} left out: kernelcheck does not create {iface.name}")
     plen = str(main).rsplit("/", 1)[1]
     if v == 4:
         sysctls = {
@@ -106,6 +118,7 @@ def to_kernelcheck_topology(host: HostModel) -> dict[str, object]:
             "extra_addrs": extra,
             "routes": routes,
             "sysctls": sysctls,
+            **({"interface_sysctls": interface_sysctls} if interface_sysctls else {}),
         },
         "outside": {"addr": f"{format_ip(v, peers[0])}/{plen}", "gw": format_ip(v, main.address), "routes": []},
         "internet": {"addr": f"{format_ip(v, peers[1])}/{plen}", "gw": None, "routes": []},

@@ -22,7 +22,7 @@ target, a conntrack/state/connmark match, CT...): without one, nat chains never 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -472,7 +472,7 @@ class Engine:
         start, lazy = self._conntrack_start(packets)
         pre: list[Outcome] = []
         groups: list[tuple[object, str | None]] = []
-        rest = start
+        rest = self._v6_loopback_received(start, lazy, pre)
         for name, part in self._l2_bridged(start):
             rest = rest - part  # type: ignore[operator]
             if getattr(self.host, "br_netfilter", True):
@@ -491,6 +491,8 @@ class Engine:
             if group.is_empty():  # type: ignore[attr-defined]
                 continue
             branches = self._hook("PREROUTING", [_Branch(group, lazy=lazy)], outcomes)
+            if bridge is None:  # frames bridged with their destination unchanged skip routing
+                branches = self._martians(branches, outcomes)
             for b, decision in self._route(branches, outcomes):
                 if decision.kind == "local":  # type: ignore[attr-defined]
                     self._input(b, outcomes)
@@ -498,6 +500,10 @@ class Engine:
                 oif: str = decision.oif  # type: ignore[attr-defined]
                 if not getattr(self.host, "ip_forward", True) and self._not_forwarded(b, oif, bridge, outcomes):
                     continue
+                kept = self._hairpin(b, oif, outcomes)
+                if kept is None:
+                    continue
+                b = kept
                 forwarded = self._hook("FORWARD", [b.extend(sp.assign(b.packets, "oif", oif))], outcomes)  # type: ignore[attr-defined]
                 for done in self._hook("POSTROUTING", forwarded, outcomes):
                     outcomes.append(Outcome(self._final(done), "ACCEPT", Delivery("out", oif), done.steps,
@@ -515,6 +521,167 @@ class Engine:
         step = Step("ROUTING", "-", "-", None, None, "not forwarded: ip_forward is off")
         outcomes.append(Outcome(self._final(b), "DROP", None, b.steps + (step,), b.reasons))
         return True
+
+    # ---- host settings the routing and bridging steps depend on --------------------------
+    def _iifs(self, names: Iterable[str]) -> object:
+        """Packets arriving on one of these interfaces (names outside the space: none)."""
+        sp = self.space
+        universe = set(getattr(sp, "interfaces", ()))
+        found = sp.none()  # type: ignore[attr-defined]
+        for name in names:
+            if name in universe:
+                found = found | sp.iface("iif", _iface(name))  # type: ignore[attr-defined, operator]
+        return found
+
+    def _martians(self, branches: list[_Branch], outcomes: list[Outcome]) -> list[_Branch]:
+        """The input route lookup's martian checks that depend on the interface (after
+        PREROUTING, so on the post-DNAT header), split off as DROP.
+
+        IPv4 (ip_route_input_slow): a destination in 127.0.0.0/8, else a source in it, on an
+        interface other than lo without route_localnet (conf.all or conf.<if>); the limited
+        broadcast 255.255.255.255 is exempt from the source check. With route_localnet, a
+        source that is one of the host's own 127/8 addresses (127.0.0.1 on lo) still fails
+        source validation (fib_validate_source, accept_local off). IPv6: ``::1`` as source or
+        destination off lo (a DNAT to [::1] from another interface).
+        Measured on 6.18 (tests/test_engine_kernel_host.py).
+        """
+        sp = self.space
+        host = self.host
+        names = [n for n in getattr(host, "interface_names", lambda: ())() if n != "lo"]
+        arrived = sp.all() - self._iifs(["lo"]) - sp.iface("iif", None)  # type: ignore[attr-defined, operator]
+        cuts: list[tuple[object, str]] = []
+        if self.ruleset.family == 4:
+            loopnet = Prefix(4, 0x7F000000, 0xFF000000)
+            dst127 = sp.prefix("dst", loopnet)  # type: ignore[attr-defined]
+            src127 = sp.prefix("src", loopnet) - dst127 - sp.value("dst", "255.255.255.255")  # type: ignore[attr-defined, operator]
+            lo = getattr(host, "interface", lambda _n: None)("lo")
+            own = sp.none()  # type: ignore[attr-defined]
+            for a in getattr(lo, "addresses", ()):
+                if a.version == 4 and loopnet.contains(a.address):
+                    own = own | sp.value("src", a.address)  # type: ignore[attr-defined, operator]
+            localnet = getattr(host, "localnet", lambda _n: False)
+            off = [n for n in names if not localnet(n)]
+            on = [n for n in names if localnet(n)]
+            other = arrived - self._iifs(names)  # type: ignore[operator]
+            for name in off:
+                iif = self._iifs([name])
+                why = "dropped by routing (route_localnet is off)"
+                cuts.append((iif & dst127, f"martian destination 127.0.0.0/8 on {name}: {why}"))  # type: ignore[operator]
+                cuts.append((iif & src127, f"martian source 127.0.0.0/8 on {name}: {why}"))  # type: ignore[operator]
+            if not other.is_empty():  # type: ignore[attr-defined]
+                why = "dropped by routing (route_localnet is off)"
+                cuts.append((other & dst127, f"martian destination 127.0.0.0/8 on another interface: {why}"))  # type: ignore[operator]
+                cuts.append((other & src127, f"martian source 127.0.0.0/8 on another interface: {why}"))  # type: ignore[operator]
+            if not own.is_empty():  # type: ignore[attr-defined]
+                for name in on:
+                    cuts.append((self._iifs([name]) & own & src127,  # type: ignore[operator]
+                                 f"martian source on {name}: the host's own loopback address (dropped by routing"
+                                 " although route_localnet is on: accept_local is off)"))
+        else:
+            loop = sp.value("src", "::1") | sp.value("dst", "::1")  # type: ignore[attr-defined]
+            for name in [*names, None]:
+                iif = self._iifs([name]) if name is not None else arrived - self._iifs(names)  # type: ignore[operator]
+                where = name if name is not None else "another interface"
+                cuts.append((iif & loop, f"loopback address ::1 on {where}: dropped by routing"  # type: ignore[operator]
+                             " (IPv6 never routes ::1 off lo)"))
+        return self._drop_cuts(branches, cuts, outcomes)
+
+    def _v6_loopback_received(self, packets: object, lazy: frozenset[str], outcomes: list[Outcome]) -> object:
+        """IPv6 drops a packet with ``::1`` as source or destination that arrives on an
+        interface other than lo on receipt (ip6_rcv_core, RFC 4291 2.5.3), before PREROUTING:
+        no rule sees it. Measured on 6.18: a bridge port's packet with br_netfilter crosses
+        PREROUTING first (the bridge runs it), and is dropped after it (:meth:`_martians`)."""
+        if self.ruleset.family != 6:
+            return packets
+        sp = self.space
+        names = [n for n in getattr(self.host, "interface_names", lambda: ())() if n != "lo"]
+        bridges = [i.name for i in getattr(self.host, "bridges", lambda: ())()]
+        arrived = sp.all() - self._iifs(["lo"]) - sp.iface("iif", None)  # type: ignore[attr-defined, operator]
+        if getattr(self.host, "br_netfilter", True):
+            arrived = arrived - self._iifs(bridges)  # type: ignore[operator]
+        loop = sp.value("src", "::1") | sp.value("dst", "::1")  # type: ignore[attr-defined]
+        for name in [*names, None]:
+            if name in bridges and getattr(self.host, "br_netfilter", True):
+                continue
+            iif = self._iifs([name]) if name is not None else arrived - self._iifs(names)  # type: ignore[operator]
+            part = packets & arrived & iif & loop  # type: ignore[operator]
+            if part.is_empty():  # type: ignore[attr-defined]
+                continue
+            packets = packets - part  # type: ignore[operator]
+            where = name if name is not None else "another interface"
+            step = Step("ROUTING", "-", "-", None, None,
+                        f"loopback address ::1 on {where}: dropped on receipt (IPv6 never accepts ::1 off lo)")
+            outcomes.append(Outcome(_materialize(sp, part, lazy), "DROP", None, (step,)))
+        return packets
+
+    def _hairpin(self, b: _Branch, oif: str, outcomes: list[Outcome]) -> _Branch | None:
+        """With br_netfilter, a packet that arrived on bridge ``oif`` and is routed back onto
+        it after DNAT is bridged ("bridged DNAT"); one DNATed back to its own sender (src ==
+        dst: a container reaching its own published port) must leave through the port it came
+        in on, which the bridge refuses unless the port is in hairpin mode: dropped before
+        FORWARD. Without br_netfilter the packet is routed and the bridge device sends it
+        (no hairpin needed). Measured on 6.18. None: nothing left."""
+        host = self.host
+        if not getattr(host, "br_netfilter", True):
+            return b
+        iface = getattr(host, "interface", lambda _n: None)(oif)
+        if iface is None or not iface.bridge or iface.hairpin:
+            return b
+        sp = self.space
+        back = b.packets & self._iifs([oif])  # type: ignore[operator]
+        if back.is_empty():  # type: ignore[attr-defined]
+            return b
+        part = sp.equate(back, "src", "dst")  # type: ignore[attr-defined]
+        if part.is_empty():
+            return b
+        step = Step("BRIDGE", "-", "-", None, None,
+                    f"hairpin on {oif}: DNATed back to its sender, the packet must leave through the port it came"
+                    f" in on; dropped by the bridge (hairpin mode is off on {oif}'s ports)")
+        outcomes.append(Outcome(_materialize(sp, part, b.lazy), "DROP", None, b.steps + (step,), b.reasons))
+        rest = b.packets - part  # type: ignore[operator]
+        return None if rest.is_empty() else b.with_packets(rest)
+
+    def _localnet_out(self, branches: list[_Branch], outcomes: list[Outcome], *, first: bool = False
+                      ) -> list[_Branch]:
+        """IPv4 output routing refuses a 127.0.0.0/8 source on an interface other than lo
+        without route_localnet (__mkroute_output: EINVAL). ``first``: the socket's own route
+        lookup (the application gets the error, no rule sees the packet); else the reroute
+        after nat OUTPUT changed the destination (ip_route_me_harder: dropped after nat
+        OUTPUT, before filter OUTPUT). Measured on 6.18."""
+        if self.ruleset.family != 4 or not branches:
+            return branches
+        sp = self.space
+        localnet = getattr(self.host, "localnet", lambda _n: False)
+        src127 = sp.prefix("src", Prefix(4, 0x7F000000, 0xFF000000))  # type: ignore[attr-defined]
+        cuts: list[tuple[object, str]] = []
+        for prefixes, decision in self.host.route_partition():  # type: ignore[attr-defined]
+            if decision.kind != "forward" or decision.oif is None or localnet(decision.oif):
+                continue
+            dsts = prefixes_union(sp, prefixes)
+            when = "the socket's route" if first else "rerouted after nat OUTPUT"
+            cuts.append((dsts & src127, f"source 127.0.0.0/8 out of {decision.oif} ({when}): dropped by routing"  # type: ignore[operator]
+                         " (route_localnet is off)"))
+        return self._drop_cuts(branches, cuts, outcomes)
+
+    def _drop_cuts(self, branches: list[_Branch], cuts: list[tuple[object, str]], outcomes: list[Outcome]
+                   ) -> list[_Branch]:
+        """Split each (set, why) off the branches as a DROP by routing; what is left goes on."""
+        if not cuts:
+            return branches
+        kept: list[_Branch] = []
+        for b in branches:
+            rest = b.packets
+            for cut, action in cuts:
+                part = rest & cut  # type: ignore[operator]
+                if part.is_empty():
+                    continue
+                rest = rest - cut  # type: ignore[operator]
+                step = Step("ROUTING", "-", "-", None, None, action)
+                outcomes.append(Outcome(_materialize(self.space, part, b.lazy), "DROP", None, b.steps + (step,),
+                                        b.reasons))
+            if not rest.is_empty():  # type: ignore[attr-defined]
+                kept.append(b.with_packets(rest))
+        return kept
 
     def _l2_bridged(self, packets: object) -> list[tuple[str, object]]:
         """Per bridge, the packets that arrive on it for another host of its own subnet."""
@@ -556,12 +723,13 @@ class Engine:
                     address = self.host.primary_address(oif)  # type: ignore[attr-defined]
                     pkt = sp.assign(pkt, "src", address) if address is not None else pkt  # type: ignore[attr-defined]
             start.append(b.extend(pkt))
+        start = self._localnet_out(start, outcomes, first=True)
         tracked: list[_Branch] = []
         for b in start:
             packets, lazy = self._conntrack_start(b.packets)
             tracked.append(_Branch(packets, b.steps, b.reasons, lazy))
         start = tracked
-        after_output = self._hook("OUTPUT", start, outcomes)
+        after_output = self._hook("OUTPUT", start, outcomes, after_nat=self._localnet_out)
         # nat OUTPUT or mangle may have changed the destination: route again.
         rerouted: list[_Branch] = []
         for b, decision in self._route(after_output, outcomes, output=True):
@@ -591,8 +759,8 @@ class Engine:
                 outcomes.append(Outcome(self._final(done), "ACCEPT", Delivery("local", "lo"), done.steps,
                                         done.reasons))
 
-    def _hook(self, hook: str, branches: list[_Branch], outcomes: list[Outcome], *, nat: bool = True
-              ) -> list[_Branch]:
+    def _hook(self, hook: str, branches: list[_Branch], outcomes: list[Outcome], *, nat: bool = True,
+              after_nat: Callable[[list[_Branch], list[Outcome]], list[_Branch]] | None = None) -> list[_Branch]:
         sp = self.space
         for table in _TABLES_AT[hook]:
             if not branches:
@@ -607,6 +775,8 @@ class Engine:
                 passing = [b for b in passing if not b.packets.is_empty()]  # type: ignore[attr-defined]
                 result = self.run_table(table, hook, todo)
                 branches = self._merge(result.accepted + passing)
+                if after_nat is not None:
+                    branches = after_nat(branches, outcomes)
             else:
                 result = self.run_table(table, hook, branches)
                 branches = result.accepted

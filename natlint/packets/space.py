@@ -831,15 +831,27 @@ class PacketSpace:
         return found
 
     def _exist(self, node: _Node, names: Iterable[str], extra: Iterable[str] = ()) -> _Node:
+        """∃ the fields, the extra variables and the opaque variables depending on the fields."""
         names = tuple(names)
-        extra = tuple(extra)
-        dependent = self._dependent_opaque(names)
-        if not names and not dependent and not extra:
+        return self._forget_vars(node, names, tuple(extra), names)
+
+    def _forget_vars(self, node: _Node, names: tuple[str, ...], extra: tuple[str, ...], changed: tuple[str, ...]
+                     ) -> _Node:
+        """∃ (the fields ``names``, the variables ``extra``, the opaque variables depending on
+        the fields ``changed``). The cube is built once per key: the opaque lists only grow,
+        so their lengths say which version of them a cube holds (a kube-proxy dump has
+        thousands of statistic predicates: no list of them is built per operation)."""
+        key = (names, extra, changed, len(self._opaque_any), tuple(len(self._opaque_on.get(n, ())) for n in changed))
+        cube = self._qcubes.get(key)
+        if cube is None:
+            variables = self._vars_of(names) + list(extra) + self._dependent_opaque(changed)
+            if self.backend != "cudd":
+                return self._bdd.exist(variables, node) if variables else node
+            cube = self._bdd.cube(dict.fromkeys(variables, True))
+            self._qcubes[key] = cube
+        if cube == self._true:
             return node
-        if self.backend != "cudd":
-            return self._bdd.exist(self._vars_of(names) + dependent + list(extra), node)
-        key = (names, len(self._opaque_any), tuple(len(self._opaque_on.get(n, ())) for n in names), extra)
-        return self._bdd.apply("\\E", self._qcube(key, lambda: self._vars_of(names) + dependent + list(extra)), node)
+        return self._bdd.apply("\\E", cube, node)
 
     def _qcube(self, key: tuple[object, ...], variables: Callable[[], list[str]]) -> _Node:
         """The positive cube of variables to quantify, built once per key (CUDD only: dd's
@@ -944,8 +956,8 @@ class PacketSpace:
 
         def build() -> _Node:
             node = packets.node
-            dependent = self._dependent_opaque([name]) if (fixed or flipped) else []
-            node = self._quantify(fixed + dependent, node)
+            if fixed or flipped:
+                node = self._forget_vars(node, (), tuple(fixed), (name,))
             if flipped:
                 node = self._bdd.let({v: ~self._bdd.var(v) for v in flipped}, node)
             if fixed:

@@ -1,48 +1,99 @@
-"""The default one-line-per-finding format: ``path:line:col: CODE [severity] message (name)``."""
+"""The terminal formats.
+
+``concise`` (the default) is one line per finding: ``path:line:col: CODE [severity] message (name)``.
+``full`` adds the source line with a caret under the column, the related rules (with their
+text), the witness packet and whether the finding is approximate.
+
+Everything that comes from the checked file (paths, messages quoting rule text or comments,
+source lines) goes through ``clean``: a rule comment must not be able to move the cursor, change
+colours or rewrite the line on the reader's terminal. Colour is added only when asked
+(``color=True``; the CLI asks on a terminal, honouring ``NO_COLOR`` and ``FORCE_COLOR``).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 
 from natlint.findings import Finding
 
-__all__ = ["format_concise", "format_full", "clean"]
+__all__ = ["format_concise", "format_full", "clean", "format_witness", "source_text"]
 
-_CONTROL = {c: "?" for c in range(32) if c not in (9,)}
-_CONTROL[127] = "?"
+# C0 controls (but TAB), DEL and the C1 controls (0x9b is a one-byte CSI on some terminals), and
+# the bidirectional overrides and isolates that reorder what is shown ("Trojan source").
+_CONTROL = {c: "?" for c in (*range(0, 9), *range(10, 32), *range(127, 160))}
+_CONTROL.update({c: "?" for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x200E, 0x200F, 0x061C)})
+
+_STYLES = {"error": "1;31", "warning": "1;33", "info": "1;36", "code": "1", "path": "1", "dim": "2", "caret": "1;31"}
 
 
 def clean(text: str) -> str:
-    """Strip control characters (from rule comments in untrusted files) before a terminal sees them."""
+    """Replace control characters (from rule comments in untrusted files) by '?' before a
+    terminal sees them. TAB is kept."""
     return text.translate(_CONTROL)
 
 
-def format_concise(findings: Iterable[Finding]) -> str:
+def source_text(sources: Mapping[str, Sequence[str]], path: str, line: int) -> str | None:
+    """Line ``line`` (1-based) of ``path`` in ``sources`` (path -> lines), if it is there."""
+    lines = sources.get(path)
+    return lines[line - 1] if lines is not None and 0 < line <= len(lines) else None
+
+
+def _paint(text: str, style: str, color: bool) -> str:
+    return f"\x1b[{_STYLES[style]}m{text}\x1b[0m" if color else text
+
+
+def format_concise(findings: Iterable[Finding], *, color: bool = False) -> str:
     lines = [
-        f"{clean(f.path)}:{f.line}:{f.column}: {f.code} [{f.severity}] {clean(f.message)} ({f.name})"
+        f"{_paint(clean(f.path), 'path', color)}:{f.line}:{f.column}: {_paint(f.code, 'code', color)}"
+        f" [{_paint(f.severity, f.severity, color)}] {clean(f.message)} ({f.name})"
         for f in findings
     ]
     return "\n".join(lines) + ("\n" if lines else "")
 
 
-def format_full(findings: Iterable[Finding]) -> str:
-    """Each finding with the source line and a caret under the column, then related places."""
+def format_witness(witness: Mapping[str, object]) -> str:
+    """``{"proto": "tcp", "dport": 22}`` -> ``proto=tcp dport=22`` (nested values as written)."""
+    return " ".join(f"{key}={value}" for key, value in witness.items() if value is not None)
+
+
+def _snippet(line: int, column: int, source: str, color: bool, indent: str = "  ") -> list[str]:
+    source = clean(source.rstrip("\r\n"))
+    if len(source) > 200:
+        start = max(0, column - 100)
+        source = ("..." if start else "") + source[start : start + 200]
+        caret_at = column - start + (3 if start else 0)
+    else:
+        caret_at = column
+    gutter = f"{line} | "
+    return [
+        f"{indent}{_paint(gutter, 'dim', color)}{source}",
+        indent + " " * len(gutter) + " " * max(caret_at - 1, 0) + _paint("^", "caret", color),
+    ]
+
+
+def format_full(findings: Iterable[Finding], *, sources: Mapping[str, Sequence[str]] | None = None,
+                color: bool = False) -> str:
+    """Each finding with the source line and a caret under the column, then related places.
+
+    ``sources`` maps a path to its lines, for findings without ``source_line`` and for the text
+    of related rules.
+    """
+    sources = sources or {}
     blocks: list[str] = []
     for f in findings:
-        lines = [f"{clean(f.path)}:{f.line}:{f.column}: {f.code} [{f.severity}] {f.name}", f"  {clean(f.message)}"]
-        if f.source_line is not None:
-            source = clean(f.source_line.rstrip("\r\n"))
-            if len(source) > 200:
-                start = max(0, f.column - 100)
-                source = ("..." if start else "") + source[start : start + 200]
-                caret_at = f.column - start + (3 if start else 0)
-            else:
-                caret_at = f.column
-            gutter = f"{f.line} | "
-            lines.append(f"  {gutter}{source}")
-            lines.append("  " + " " * len(gutter) + " " * max(caret_at - 1, 0) + "^")
+        head = (f"{_paint(clean(f.path), 'path', color)}:{f.line}:{f.column}: {_paint(f.code, 'code', color)}"
+                f" [{_paint(f.severity, f.severity, color)}] {f.name}")
+        lines = [head, f"  {clean(f.message)}"]
+        source = f.source_line if f.source_line is not None else source_text(sources, f.path, f.line)
+        if source is not None:
+            lines.extend(_snippet(f.line, f.column, source, color))
         for rel in f.related:
             lines.append(f"  = related: {clean(rel.path)}:{rel.line}: {clean(rel.message)}")
+            rel_source = source_text(sources, rel.path, rel.line)
+            if rel_source is not None:
+                lines.append(f"      {_paint(f'{rel.line} | ', 'dim', color)}{clean(rel_source.rstrip())[:200]}")
+        if f.witness:
+            lines.append(f"  = e.g.: {clean(format_witness(f.witness))}")
         if f.certainty == "approximate":
             lines.append("  = note: this finding depends on matches natlint cannot decide (approximate)")
         blocks.append("\n".join(lines))
