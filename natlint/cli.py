@@ -263,8 +263,9 @@ def rule(code: str | None, show_all: bool) -> None:
     load_all()  # the check modules register their codes
 
     if show_all or code is None:
-        for listed in CODES.values():
-            click.echo(f"{listed.code}  {listed.name:<28} {listed.severity:<8} {listed.summary}")
+        width = max(len(c.name) for c in CODES.values())
+        for listed in sorted(CODES.values(), key=lambda c: c.code):
+            click.echo(f"{listed.code}  {listed.name:<{width}} {listed.severity:<8} {listed.summary}")
         return
     entry = CODES.get(code.upper())
     if entry is None:

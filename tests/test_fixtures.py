@@ -1,7 +1,7 @@
 """Every fixture states the findings it must produce, and the kernel agrees on its errors.
 
-A fixture under ``fixtures/`` carries ``# expect: CODE LINE`` comment lines (or
-``# expect: (none)``): the error and warning findings natlint reports must be exactly those.
+A fixture under ``fixtures/`` carries ``# expect: CODE LINE[, CODE LINE...]`` comment lines
+(or ``# expect: (none)``): the error and warning findings natlint reports must be exactly those.
 Info findings (NL004 while a module is not modelled) are not part of the contract.
 """
 
@@ -29,8 +29,9 @@ def _expected(path: Path) -> set[tuple[str, int]]:
     for spec in _EXPECT.findall(path.read_text()):
         if spec.strip() == "(none)":
             continue
-        code, line = spec.split()
-        found.add((code, int(line)))
+        for item in spec.split(","):  # "NL201 25, NL201 28": several on one line
+            code, line = item.split()
+            found.add((code, int(line)))
     return found
 
 

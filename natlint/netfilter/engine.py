@@ -628,11 +628,12 @@ class Engine:
         if iface is None or not iface.bridge or iface.hairpin:
             return b
         sp = self.space
-        back = b.packets & self._iifs([oif])  # type: ignore[operator]
+        # only a DNAT sends a packet back to its sender (a host never routes to itself)
+        back = b.packets & self._iifs([oif]) & sp.value("ct_dnat", True)  # type: ignore[operator, attr-defined]
         if back.is_empty():  # type: ignore[attr-defined]
             return b
-        part = sp.equate(back, "src", "dst")  # type: ignore[attr-defined]
-        if part.is_empty():
+        part = _same_address(sp, back)
+        if part.is_empty():  # type: ignore[attr-defined]
             return b
         step = Step("BRIDGE", "-", "-", None, None,
                     f"hairpin on {oif}: DNATed back to its sender, the packet must leave through the port it came"
@@ -804,6 +805,20 @@ class Engine:
                     continue
                 routed.append((b.with_packets(part), decision))
         return routed
+
+
+def _same_address(sp: object, packets: object) -> object:
+    """The packets whose source equals their destination. src and dst are far apart in the
+    variable order, where the equality alone is exponential: go by the destinations the set
+    has (a few DNAT targets) when there are not many."""
+    values = packets.values("dst", limit=256)  # type: ignore[attr-defined]
+    if values is None or sum(hi - lo + 1 for lo, hi in values) > 256:
+        return sp.equate(packets, "src", "dst")  # type: ignore[attr-defined]
+    found = sp.none()  # type: ignore[attr-defined]
+    for lo, hi in values:
+        for address in range(lo, hi + 1):
+            found = found | (packets & sp.value("dst", address) & sp.value("src", address))  # type: ignore[attr-defined, operator]
+    return found
 
 
 def _assemble(pre: list[Outcome], parts: list[tuple[object, str | None, list[Outcome]]]) -> list[Outcome]:
