@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from natlint.checks.context import CheckContext
+from natlint.checks.tools import generated_by
 from natlint.extensions.spec import ParseContext
 from natlint.extensions.targets_core import kernel_problems
 from natlint.findings import Finding, Related, Severity
@@ -91,10 +92,19 @@ def _unreferenced(graph: ChainGraph, path: str) -> Iterator[Finding]:
         pos = chain.pos
         line = pos.line if pos else (chain.rules[0].pos.line if chain.rules else 1)
         what = f"its {len(chain.rules)} rule(s) never see a packet" if chain.rules else "it is empty"
+        tool = generated_by(name)
+        if tool is not None:  # the tool creates it and jumps to it when a feature needs it
+            yield Finding(
+                "NL102", "info",
+                f"chain '{name}' is never jumped to from any chain of table '{graph.table.name}': {what}. It is"
+                f" {tool}'s: nothing to fix by hand, reported for information",
+                path, line, 1, graph.table.name, name,
+            )
+            continue
         yield Finding(
             "NL102", "warning" if chain.rules else "info",
             f"chain '{name}' is never jumped to from any chain of table '{graph.table.name}': {what}."
-            f" Add a jump ('-A INPUT -j {name}') or delete the chain",
+            f" Add a jump from the chain that should use it (e.g. '-A INPUT -j {name}') or delete the chain",
             path, line, 1, graph.table.name, name,
         )
 
