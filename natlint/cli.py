@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
-from typing import TYPE_CHECKING, TextIO
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, NamedTuple, TextIO
 
 import click
 
@@ -38,9 +38,10 @@ def main() -> None:
     """natlint: find what is wrong with an iptables-save dump before you load it.
 
     Parses iptables-save / ip6tables-save output and iptables-restore files (every table,
-    nf_tables and legacy), and reports syntax errors, structural problems and (soon) what
-    the rules do to traffic: dead rules, broken port forwards, missing MASQUERADE, Docker and
-    kube-proxy traps.
+    nf_tables and legacy), and reports syntax errors, structural problems and what the rules
+    do to traffic: dead rules, broken port forwards, missing MASQUERADE, published ports that
+    bypass INPUT, Docker and kube-proxy traps. 'natlint trace' follows a packet, 'natlint
+    ports' lists what is exposed, 'natlint diff' says what a change does to traffic.
     """
 
 
@@ -82,10 +83,18 @@ class _ConfigProblem(click.ClickException):
 @click.option("--family", type=click.Choice(["4", "6"]), default=None,
               help="IPv4 or IPv6 (default: from the file's header, name and addresses).")
 @click.option("--host", "host_path", default=None, help=_HOST_HELP_CHECK)
+@click.option("--only-iptables", is_flag=True,
+              help="Skip (with a note) files that are not iptables input: no *table, :CHAIN or COMMIT line and not a"
+                   " well-known name (rules.v4, iptables...). For hooks that match *.rules, a name udev uses too.")
+@click.option("-j", "--jobs", type=click.IntRange(min=0), default=1, show_default=True,
+              help="Check this many files at once, in separate processes (0: one per CPU). The report is the same.")
+@click.option("--budget", type=click.FloatRange(min=0, max=10**9), default=None, metavar="SECONDS",
+              help="Time the semantic checks may take per file before they stop with NL007 (analysis incomplete)"
+                   " (default: the config's 'budget', else 60; 0: no limit).")
 def check(paths: tuple[str, ...], fmt: str | None, output: TextIO | None, fail_on: str | None, exit_zero: bool,
           select: tuple[str, ...], extend_select: tuple[str, ...], ignore: tuple[str, ...], config_path: str | None,
           isolated: bool, no_suppressions: bool, stdin_filename: str | None, family: str | None,
-          host_path: str | None) -> None:
+          host_path: str | None, only_iptables: bool, jobs: int, budget: float | None) -> None:
     """Check iptables-save dumps. PATHS are files, or - for standard input (the default).
 
     Settings come from the nearest natlint.toml, .natlint.toml or pyproject.toml [tool.natlint]
@@ -93,11 +102,9 @@ def check(paths: tuple[str, ...], fmt: str | None, output: TextIO | None, fail_o
     in the file with '# natlint: ignore[NL201] reason' on the line before a rule, or
     -m comment --comment "natlint: ignore[NL201] reason" in the rule.
     """
-    from natlint.checks import CheckContext, load_all, run_checks
+    from natlint.checks import load_all
     from natlint.config import ConfigError, Selection, Settings, parse_selectors, validate_selectors
     from natlint.findings import SEVERITY_RANK
-    from natlint.suppress import apply_suppressions
-    from natlint.syntax.reader import read
 
     if isolated and config_path:
         raise click.UsageError("--isolated and --config exclude each other")
@@ -118,6 +125,7 @@ def check(paths: tuple[str, ...], fmt: str | None, output: TextIO | None, fail_o
     failures: list[str] = []
     first: Settings | None = None
     configs: dict[str, Config] = {}  # each configuration file is read once per run
+    tasks: list[_Task] = []
     for path in paths:
         name = (stdin_filename or "<stdin>") if path == "-" else path
         try:
@@ -126,31 +134,17 @@ def check(paths: tuple[str, ...], fmt: str | None, output: TextIO | None, fail_o
         except ConfigError as exc:
             raise _ConfigProblem(f"natlint: error: {exc}") from None
         first = first or settings
-        try:
-            if path == "-":
-                data = sys.stdin.buffer.read()
-            else:
-                with open(path, "rb") as handle:
-                    data = handle.read()
-        except OSError as exc:
-            message = f"cannot read {path}: {exc.strerror or exc}"
-            click.echo(f"natlint: {message}", err=True)
-            failures.append(message)
-            continue
-        ruleset = read(data, name, fam)  # type: ignore[arg-type]
-        sources[name] = ruleset.lines
-        host_model = None
-        if host_path is not None:
-            host_model = _host_for(ruleset, host_path)
-        elif settings.config.host is not None:
-            try:
-                host_model = _host_for(ruleset, settings.config.host)
-            except click.BadParameter as exc:
-                raise _ConfigProblem(f"natlint: error: {settings.config.path}: host: {exc.message}") from None
-        ctx = CheckContext(ruleset, host_model, trusted_interfaces=settings.config.trusted_interfaces,
-                           trusted_networks=settings.config.trusted_networks)
-        raw = run_checks(ruleset, host_model, ctx=ctx)
-        findings.extend(_post_process(raw, ruleset, settings, no_suppressions, apply_suppressions))
+        tasks.append(_Task(path, name, settings, fam, host_path, no_suppressions, only_iptables, budget))
+    for outcome in _run_tasks(tasks, jobs):
+        for note in outcome.notes:
+            click.echo(note, err=True)
+        if outcome.error is not None:
+            raise outcome.error.rebuild()
+        if outcome.failure is not None:
+            failures.append(outcome.failure)
+        if outcome.lines is not None:
+            sources[outcome.name] = outcome.lines
+        findings.extend(outcome.findings)
     config = first.config if first is not None else None
     fmt = fmt or (config.format if config else None) or "concise"
     fail_on = fail_on or (config.fail_on if config else None) or "error"
@@ -163,6 +157,127 @@ def check(paths: tuple[str, ...], fmt: str | None, output: TextIO | None, fail_o
     threshold = SEVERITY_RANK[fail_on]
     if not exit_zero and any(SEVERITY_RANK[f.severity] >= threshold for f in findings):
         sys.exit(1)
+
+
+class _Task(NamedTuple):
+    """One file for ``check`` (sent to a worker process with --jobs)."""
+
+    path: str
+    name: str
+    settings: Settings
+    family: int | None
+    host_path: str | None
+    no_suppressions: bool
+    only_iptables: bool
+    budget: float | None
+    data: bytes | None = None  # standard input, read by the main process
+    unreadable: str | None = None  # why standard input could not be read
+
+
+class _Error(NamedTuple):
+    """A usage or configuration error met while checking a file, in a form that pickles."""
+
+    kind: str  # "config" (exit 2 with the message) or "param" (a bad --host)
+    message: str
+    hint: str | None = None
+
+    def rebuild(self) -> click.ClickException:
+        if self.kind == "config":
+            return _ConfigProblem(self.message)
+        return click.BadParameter(self.message, param_hint=self.hint)
+
+
+class _Outcome(NamedTuple):
+    name: str
+    findings: list[Finding]
+    lines: tuple[str, ...] | None = None  # for the full and SARIF formats
+    notes: tuple[str, ...] = ()  # for standard error, in order
+    failure: str | None = None  # unreadable
+    error: _Error | None = None
+
+
+def _check_one(task: _Task) -> _Outcome:
+    """Read, check and filter one file (in this process, or a worker's with --jobs)."""
+    from natlint.api import apply_settings
+    from natlint.checks import CheckContext, run_checks
+    from natlint.checks.context import DEFAULT_BUDGET_SECONDS
+    from natlint.syntax.reader import read
+    from natlint.syntax.sniff import should_check
+
+    path, name, settings = task.path, task.name, task.settings
+    try:
+        if task.unreadable is not None:
+            raise OSError(task.unreadable)
+        if task.data is not None:
+            data = task.data
+        else:
+            with open(path, "rb") as handle:
+                data = handle.read()
+    except OSError as exc:
+        message = f"cannot read {path}: {exc.strerror or exc}"
+        return _Outcome(name, [], notes=(f"natlint: {message}",), failure=message)
+    if task.only_iptables and not should_check(name, data):
+        return _Outcome(name, [], notes=(f"natlint: skipped {name}: not an iptables file (no *table, :CHAIN or"
+                                         " COMMIT line)",))
+    ruleset = read(data, name, task.family)  # type: ignore[arg-type]
+    del data
+    host_model = None
+    try:
+        if task.host_path is not None:
+            host_model = _host_for(ruleset, task.host_path)
+        elif settings.config.host is not None:
+            try:
+                host_model = _host_for(ruleset, settings.config.host)
+            except click.BadParameter as exc:
+                return _Outcome(name, [], error=_Error(
+                    "config", f"natlint: error: {settings.config.path}: host: {exc.message}"))
+    except click.BadParameter as exc:
+        return _Outcome(name, [], error=_Error("param", exc.message, exc.param_hint))  # type: ignore[arg-type]
+    budget = task.budget if task.budget is not None else settings.config.budget
+    seconds = DEFAULT_BUDGET_SECONDS if budget is None else (budget or None)  # 0: no limit
+    ctx = CheckContext(ruleset, host_model, budget_seconds=seconds,
+                       trusted_interfaces=settings.config.trusted_interfaces,
+                       trusted_networks=settings.config.trusted_networks)
+    raw = run_checks(ruleset, host_model, ctx=ctx)
+    return _Outcome(name, apply_settings(raw, ruleset, settings, suppressions=not task.no_suppressions),
+                    ruleset.lines)
+
+
+def _run_tasks(tasks: list[_Task], jobs: int) -> Iterator[_Outcome]:
+    """The outcome of each task, in order: here one after the other, or from ``jobs`` worker
+    processes (0: one per CPU) that check files meanwhile."""
+    import os
+
+    if jobs == 0:
+        jobs = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    stdin = [i for i, t in enumerate(tasks) if t.path == "-"]
+    for i in stdin:  # workers do not share standard input: read it here (once; it is empty after)
+        try:
+            tasks[i] = tasks[i]._replace(data=sys.stdin.buffer.read())
+        except OSError as exc:
+            tasks[i] = tasks[i]._replace(unreadable=exc.strerror or str(exc))
+    if jobs <= 1 or len(tasks) <= 1:
+        for task in tasks:
+            yield _check_one(task)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    # fork: the workers start with natlint imported; nothing here holds threads or BDD managers yet
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
+    with ProcessPoolExecutor(min(jobs, len(tasks)), mp_context=multiprocessing.get_context(method)) as pool:
+        futures = [pool.submit(_check_one, task) for task in tasks]
+        try:
+            for task, future in zip(tasks, futures, strict=True):
+                try:
+                    yield future.result()
+                except BrokenProcessPool:
+                    message = f"cannot check {task.name}: a worker process died (out of memory?)"
+                    yield _Outcome(task.name, [], notes=(f"natlint: {message}",), failure=message)
+        finally:
+            for future in futures:
+                future.cancel()
 
 
 def _config_for(path: str | None, explicit: str | None, isolated: bool, cache: dict[str, Config]) -> Config:
@@ -186,26 +301,6 @@ def _config_for(path: str | None, explicit: str | None, isolated: bool, cache: d
         validate_selectors(config.selectors(), str(config.path))
         cache[key] = config
     return cache[key]
-
-
-def _post_process(raw: list[Finding], ruleset: Ruleset, settings: Settings, no_suppressions: bool,
-                  apply_suppressions: Callable[..., list[Finding]]) -> list[Finding]:
-    """Selection, in-file suppressions (with NL005 for unused ones), then severity overrides."""
-    import dataclasses
-
-    path = ruleset.path
-
-    def enabled(code: str) -> bool:
-        return settings.enabled(code, path)
-
-    kept = [f for f in raw if enabled(f.code)]
-    if not no_suppressions:
-        kept = [f for f in apply_suppressions(ruleset, kept, enabled) if enabled(f.code)]
-    out: list[Finding] = []
-    for f in kept:
-        level = settings.severity_for(f.code)
-        out.append(dataclasses.replace(f, severity=level) if level is not None and level != f.severity else f)
-    return out
 
 
 def _use_color(stream: TextIO) -> bool:
@@ -295,21 +390,18 @@ def _load_one(path: str, family: str | None) -> Ruleset:
 
 
 def _host_for(ruleset: Ruleset, host: str | None) -> HostModel:
-    from natlint.host import infer, load_host_file, read_live
+    from natlint.api import resolve_host
+    from natlint.host import infer
     from natlint.host.live import LiveHostError
 
-    if host is None:
-        return infer(ruleset)
-    if host == "live":
-        try:
-            return read_live(ruleset.family)
-        except LiveHostError as exc:
-            raise click.BadParameter(f"cannot read this machine's interfaces and routes: {exc}",
-                                     param_hint="--host") from None
     try:
-        return load_host_file(host, ruleset.family)
+        model = resolve_host(ruleset, host)
+    except LiveHostError as exc:
+        raise click.BadParameter(f"cannot read this machine's interfaces and routes: {exc}",
+                                 param_hint="--host") from None
     except (OSError, ValueError) as exc:
         raise click.BadParameter(str(exc), param_hint="--host") from None
+    return model if model is not None else infer(ruleset)
 
 
 _HOST_HELP = "Host model: a TOML file, 'live' (read this machine with ip -j), default: inferred from the dump."
@@ -390,6 +482,15 @@ def trace(path: str, in_iface: str | None, local: bool, src: str | None, dst: st
 def _indent(text: str) -> str:
     return "\n".join("  " + line for line in text.splitlines())
 
+
+# Commands that live in their own modules (each imports its heavy parts when it runs).
+from natlint.cli_diff import diff as _diff_command  # noqa: E402
+from natlint.cli_graph import graph as _graph_command  # noqa: E402
+from natlint.cli_ports import ports as _ports_command  # noqa: E402
+
+main.add_command(_graph_command)
+main.add_command(_diff_command)
+main.add_command(_ports_command)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -15,6 +15,7 @@ Keys (the same in all three files; in ``pyproject.toml`` under ``[tool.natlint]`
     host = "host.toml"                 # a host model file, relative to this file (or "live")
     trusted-interfaces = ["lo", "wg0"]
     trusted-networks = ["10.8.0.0/24"]
+    budget = 120                       # seconds the semantic checks may take per file (default 60; 0: no limit)
     [per-file-ignores]                 # glob (relative to this file's folder, or a base name) -> codes
     "legacy/*.rules" = ["NL2"]
     [severity]                         # code, prefix or name -> error | warning | info
@@ -26,6 +27,7 @@ An unknown key or a wrong value is a ``ConfigError`` naming the file and the key
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fnmatch
 import ipaddress
 import re
@@ -47,6 +49,7 @@ __all__ = [
     "find_config",
     "load_config",
     "normalise_selector",
+    "parse_config",
     "parse_selectors",
     "selector_matches",
     "validate_selectors",
@@ -59,7 +62,7 @@ LEVELS: tuple[str, ...] = ("error", "warning", "info")
 _SELECTOR = re.compile(r"^(?:ALL|NL[0-9]{0,3}|[a-z][a-z0-9]*(?:-[a-z0-9]+)*)$")
 _KEYS = frozenset({
     "select", "extend-select", "ignore", "per-file-ignores", "severity", "fail-on", "format", "host",
-    "trusted-interfaces", "trusted-networks",
+    "trusted-interfaces", "trusted-networks", "budget",
 })
 
 
@@ -89,6 +92,7 @@ class Config:
     host: str | None = None
     trusted_interfaces: tuple[str, ...] = ()
     trusted_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    budget: float | None = None  # seconds (0: no limit); None: not configured
 
     @property
     def root(self) -> Path:
@@ -312,6 +316,10 @@ def _parse(doc: Mapping[str, Any], path: Path, prefix: str) -> Config:
             networks.append(ipaddress.ip_network(text, strict=False))
         except ValueError as exc:
             raise ConfigError(f"{where('trusted-networks')}: {exc}") from None
+    budget = doc.get("budget")
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int | float) or not budget >= 0
+                               or budget == float("inf")):
+        raise ConfigError(f"{where('budget')} must be a number of seconds (0: no limit), not {budget!r}")
     select = selectors("select") if "select" in doc else None
     return Config(
         path=path,
@@ -323,4 +331,13 @@ def _parse(doc: Mapping[str, Any], path: Path, prefix: str) -> Config:
         host=host,
         trusted_interfaces=strings("trusted-interfaces"),
         trusted_networks=tuple(networks),
+        budget=float(budget) if budget is not None else None,
     )
+
+
+def parse_config(doc: Mapping[str, Any], path: Path | None = None) -> Config:
+    """A configuration from a mapping with the keys of the file (``{"select": ["NL1"]}``), for
+    library callers. ``path`` is the file it stands for: relative ``host`` names and
+    per-file-ignores globs start in its folder (default: the current folder)."""
+    config = _parse(doc, path if path is not None else Path.cwd() / "<config>", "")
+    return config if path is not None else dataclasses.replace(config, path=None)

@@ -45,13 +45,23 @@ def run_checks(ruleset: Ruleset, host: HostModel | None = None, *, ctx: CheckCon
         try:
             findings.extend(check(context))
         except (BranchBudgetExceeded, BudgetExceeded) as exc:
-            findings.append(_incomplete(ruleset, module.__name__.rsplit(".", 1)[-1], str(exc)))
+            findings.append(_incomplete(ruleset, module.__name__.rsplit(".", 1)[-1], exc, context.budget_seconds))
     findings.sort(key=Finding.sort_key)
     return findings
 
 
-def _incomplete(ruleset: Ruleset, name: str, why: str) -> Finding:
+def _incomplete(ruleset: Ruleset, name: str, exc: Exception, budget: float | None) -> Finding:
+    from natlint.packets.space import BudgetExceeded
+
+    timed_out = (isinstance(exc, BudgetExceeded) and budget is not None and exc.seconds > budget
+                 and "nodes" not in exc.reason and "memory" not in exc.reason)
+    if timed_out:
+        how = (f"Raise the time budget with --budget SECONDS (now {budget:g} s; 0: no limit, or 'budget' in the"
+               " configuration), give a host model (--host) or split the file.")
+    else:
+        how = ("Give a host model (--host) or split the file to narrow the analysis (--budget raises only the"
+               " time limit).")
     return Finding("NL007", "warning",
-                   f"analysis incomplete: the {name} checks stopped at their budget ({why}); their findings for"
-                   " this file are not reported. Give a host model (--host) or split the file to narrow the analysis.",
+                   f"analysis incomplete: the {name} checks stopped at their budget ({exc}); none of their codes is"
+                   f" reported for this file. {how}",
                    ruleset.path, 1)

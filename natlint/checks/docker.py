@@ -660,12 +660,7 @@ def _docker_user(inv: DockerInventory) -> Iterator[Finding]:
 
 
 def _descendants(graph: ChainGraph, name: str) -> set[str]:
-    import networkx as nx
-
-    if name not in graph.graph:
-        return set()
-    found: set[str] = nx.descendants(graph.graph, name)
-    return found
+    return graph.descendants(name) if name in graph.table.chains else set()
 
 
 def _can_take_container_traffic(rule: Rule, inv: DockerInventory) -> bool:

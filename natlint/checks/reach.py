@@ -37,8 +37,6 @@ from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
-import networkx as nx
-
 from natlint.graph.chains import ChainGraph
 from natlint.model.ruleset import Chain, Rule, Table
 from natlint.packets.compile import Compiled, compile_rule
@@ -280,6 +278,17 @@ class TableReach:
         found = self._summaries.get(name)
         if found is not None:
             return found
+        # callees first, so that the summaries do not recurse once per nested jump (10,000 nested
+        # user chains would hit the recursion limit)
+        for callee in reversed(self.graph.topological_order(self.graph.descendants(name), acyclic_only=True)):
+            if callee not in self._summaries:
+                self._summary(callee)
+        return self._summary(name)
+
+    def _summary(self, name: str) -> Summary:
+        found = self._summaries.get(name)
+        if found is not None:
+            return found
         sp = self.space
         chain = self.table.chains[name]
         # placeholder against recursion through a loop (tables with reachable loops are skipped)
@@ -335,11 +344,7 @@ class TableReach:
     def walks(self) -> Iterator[ChainWalk]:
         sp = self.space
         table = self.table
-        graph = self.graph.graph
-        reachable: set[str] = set()
-        for hook in self.graph.builtins:
-            reachable |= nx.descendants(graph, hook) | {hook}
-        order = [n for n in nx.topological_sort(nx.DiGraph(graph.subgraph(reachable))) if n in table.chains]
+        order = [n for n in self.graph.topological_order(self.graph.reachable_from_hooks()) if n in table.chains]
         incoming: dict[str, list[PacketSet]] = {}
         entries: dict[str, list[Rule]] = {}
         plain: dict[str, PacketSet] = {}  # per chain: a simple superset of its reaching set

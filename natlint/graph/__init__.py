@@ -1,4 +1,4 @@
-"""The chain graph: one networkx DiGraph per table, an edge per jump or goto."""
+"""The chain graph: one per table, an edge per jump or goto (networkx on demand)."""
 
 from natlint.graph.chains import ChainGraph, build_graphs
 

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+if TYPE_CHECKING:
+    from natlint.api import ConfigLike, HostLike
+    from natlint.findings import Finding
+    from natlint.netfilter.engine import Outcome
+    from natlint.netfilter.trace import TraceQuery
+    from natlint.portmap import PortsReport
 
 __all__ = [
     "SourcePos",
@@ -192,6 +199,50 @@ class Ruleset:
     @property
     def rule_count(self) -> int:
         return sum(len(c.rules) for t in self.tables.values() for c in t.chains.values())
+
+    # ---- the library API (natlint.api); imported when called, so ``import natlint`` stays light
+
+    def check(self, config: ConfigLike = None, host: HostLike = None, *, select: Sequence[str] | None = None,
+              extend_select: Sequence[str] = (), ignore: Sequence[str] = (), suppressions: bool = True,
+              budget_seconds: float | None = None) -> list[Finding]:
+        """Every finding, as ``natlint check`` reports it: the reader's, every check's, then the
+        configuration's selection and severities and the file's own suppressions.
+
+        ``config``: a ``natlint.config.Config``, the path of a ``natlint.toml`` or
+        ``pyproject.toml``, a mapping with the same keys, or None (every code, default
+        severities). ``host``: a ``HostModel``, a host TOML file, ``"live"``, or None (the
+        configuration's ``host``, else inferred from the dump). ``select``, ``extend_select`` and
+        ``ignore`` act as the command-line options and win over ``config``;
+        ``suppressions=False`` is ``--no-suppressions``; ``budget_seconds`` bounds the semantic
+        checks (60 s by default; over it, NL007). Raises ``ValueError`` for a bad configuration,
+        selector or host file (see :func:`natlint.api.check`).
+
+        >>> import natlint
+        >>> rs = natlint.load("*filter\\n:INPUT DROP [0:0]\\n-A INPUT -j NOPE\\nCOMMIT\\n")
+        >>> [f.code for f in rs.check()]
+        ['NL101']
+        """
+        from natlint.api import check
+
+        return check(self, config, host, select=select, extend_select=extend_select, ignore=ignore,
+                     suppressions=suppressions, budget_seconds=budget_seconds)
+
+    def trace(self, packet: TraceQuery | None = None, *, host: HostLike = None, **fields: object) -> list[Outcome]:
+        """What the firewall does to a packet class (``natlint trace``): a list of outcomes, one per
+        fate. ``packet`` is a ``natlint.netfilter.trace.TraceQuery``, or give its fields as
+        keywords: ``in_interface="eth0"`` or ``local=True``, ``src``, ``dst``, ``proto``,
+        ``sport``, ``dport`` (a port or ``"8000:9000"``), ``state`` (``"new"``).
+        """
+        from natlint.api import trace
+
+        return trace(self, packet, host, **fields)
+
+    def ports(self, host: HostLike = None) -> PortsReport:
+        """The ports this ruleset opens and forwards, and from where (``natlint ports``): a
+        ``natlint.portmap.PortsReport``. ``host`` as for :meth:`check`."""
+        from natlint.api import ports
+
+        return ports(self, host)
 
 
 _T = TypeVar("_T")

@@ -173,6 +173,7 @@ class Engine:
         self._orig_reads: dict[int, frozenset[str]] = {}
         self._iif_free: bool | None = None
         self._shared: tuple[object, _Parts] | None = None
+        self._routes: list[tuple[object, object]] | None = None
         self._branches = 0
 
     # ---- compiled rules -------------------------------------------------------------------
@@ -785,20 +786,23 @@ class Engine:
                 outcomes.append(Outcome(self._final(b), verdict, None, b.steps, b.reasons))
         return branches
 
+    def _route_sets(self) -> list[tuple[object, object]]:
+        """The routing partition as (destination set, decision), built once per engine."""
+        if self._routes is None:
+            self._routes = [(prefixes_union(self.space, prefixes), decision)
+                            for prefixes, decision in self.host.route_partition()]  # type: ignore[attr-defined]
+        return self._routes
+
     def _route(self, branches: list[_Branch], outcomes: list[Outcome], *, output: bool = False
                ) -> list[tuple[_Branch, object]]:
         sp = self.space
         routed: list[tuple[_Branch, object]] = []
-        partition = self.host.route_partition()  # type: ignore[attr-defined]
         for b in branches:
-            for prefixes, decision in partition:
-                dsts = sp.none()  # type: ignore[attr-defined]
-                for prefix in prefixes:
-                    dsts = dsts | sp.prefix("dst", prefix)  # type: ignore[attr-defined]
+            for dsts, decision in self._route_sets():
                 part = b.packets & dsts  # type: ignore[operator]
                 if part.is_empty():
                     continue
-                if decision.kind == "unreachable":
+                if decision.kind == "unreachable":  # type: ignore[attr-defined]
                     step = Step("ROUTING", "-", "-", None, None, "no route to the destination")
                     outcomes.append(Outcome(_materialize(sp, part, b.lazy), "DROP", None, b.steps + (step,),
                                             b.reasons))

@@ -39,6 +39,7 @@ Modelling notes (what a field does *not* say):
 from __future__ import annotations
 
 import ipaddress
+import sys
 import time
 import warnings
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
@@ -47,11 +48,31 @@ from typing import Any, Literal, TypeVar
 
 from natlint.model.values import PROTOCOL_NAMES, Interface, Prefix
 
-try:  # the CUDD wheel exists for CPython 3.11-3.13 on Linux x86_64 only
-    from dd import cudd as _cudd_module
-except ImportError:  # pragma: no cover - depends on the platform
-    _cudd_module = None
-from dd import autoref as _autoref_module
+
+def _import_dd() -> tuple[Any, Any]:
+    """``dd.cudd`` (None where the wheel does not exist) and ``dd.autoref``.
+
+    dd imports networkx at start-up only for its graph export, which natlint never uses, and
+    networkx takes longer to import than natlint needs to check a small file (pre-commit runs
+    it on every commit). So unless something imported networkx already, dd is imported with
+    networkx hidden (dd then records it as missing); networkx stays importable afterwards.
+    """
+    hidden = "networkx" not in sys.modules
+    if hidden:
+        sys.modules["networkx"] = None  # type: ignore[assignment]  # makes 'import networkx' fail
+    try:
+        try:  # the CUDD wheel exists for CPython 3.11-3.13 on Linux x86_64 only
+            from dd import cudd
+        except ImportError:  # pragma: no cover - depends on the platform
+            cudd = None
+        from dd import autoref
+    finally:
+        if hidden and sys.modules.get("networkx", 0) is None:
+            del sys.modules["networkx"]
+    return cudd, autoref
+
+
+_cudd_module, _autoref_module = _import_dd()
 
 __all__ = [
     "BACKENDS",
@@ -124,6 +145,7 @@ _NICE_ADDRESSES: Mapping[tuple[int, str], str] = {
 }
 _EPHEMERAL_PORT = 40000
 _CUDD_COUNT_EVERY = 1024
+_CUDD_COUNT_SECONDS = 0.25
 
 
 class BudgetExceeded(RuntimeError):
@@ -373,6 +395,7 @@ class PacketSpace:
         self.gc_every = gc_every
         self._started = time.monotonic()
         self._ops = 0
+        self._counted = 0.0
         self._gc_nodes = 0
         if self.backend == "cudd":
             assert _cudd_module is not None
@@ -518,9 +541,11 @@ class PacketSpace:
             if self._ops % self.gc_every == 0 or nodes > 2 * max(self._gc_nodes, 100_000):
                 self.collect_garbage()
             self.check_budget()
-        elif self._ops % _CUDD_COUNT_EVERY == 0:
-            # CUDD counts live nodes by walking its tables: not after every operation (the
-            # memory cap stops a single runaway operation in between).
+        elif self._ops % _CUDD_COUNT_EVERY == 0 and time.monotonic() - self._counted >= _CUDD_COUNT_SECONDS:
+            # Reading CUDD's counters costs up to ~10 ms on a big manager: not after every
+            # operation, and not more than a few times a second (the memory cap stops a single
+            # runaway operation in between).
+            self._counted = time.monotonic()
             self.check_budget()
         elif self.max_seconds is not None and self.elapsed > self.max_seconds:
             self.check_budget()

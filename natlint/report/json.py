@@ -7,6 +7,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 from natlint.findings import Finding
+from natlint.report.text import json_safe
 
 __all__ = ["format_json", "summary"]
 
@@ -25,4 +26,4 @@ def summary(findings: Sequence[Finding], files: int) -> dict[str, object]:
 
 def format_json(findings: Sequence[Finding], files: int) -> str:
     doc = {"version": 1, "findings": [f.to_dict() for f in findings], "summary": summary(findings, files)}
-    return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+    return json_safe(json.dumps(doc, indent=2, ensure_ascii=False)) + "\n"

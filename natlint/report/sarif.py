@@ -22,7 +22,7 @@ from urllib.parse import quote
 
 from natlint import __version__
 from natlint.findings import CODES, Code, Finding
-from natlint.report.text import source_text
+from natlint.report.text import json_safe, source_text
 
 __all__ = ["format_sarif", "SARIF_SCHEMA", "fingerprint_text"]
 
@@ -162,4 +162,4 @@ def format_sarif(findings: Sequence[Finding], *, sources: Mapping[str, Sequence[
             "results": results,
         }],
     }
-    return json.dumps(log, indent=2, ensure_ascii=False, default=str) + "\n"
+    return json_safe(json.dumps(log, indent=2, ensure_ascii=False, default=str)) + "\n"

@@ -16,12 +16,16 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from natlint.findings import Finding
 
-__all__ = ["format_concise", "format_full", "clean", "format_witness", "source_text"]
+__all__ = ["format_concise", "format_full", "clean", "format_witness", "json_safe", "source_text"]
 
 # C0 controls (but TAB), DEL and the C1 controls (0x9b is a one-byte CSI on some terminals), and
 # the bidirectional overrides and isolates that reorder what is shown ("Trojan source").
-_CONTROL = {c: "?" for c in (*range(0, 9), *range(10, 32), *range(127, 160))}
-_CONTROL.update({c: "?" for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x200E, 0x200F, 0x061C)})
+# The line and paragraph separators too: some terminals and log viewers break lines there.
+_INVISIBLE = (*range(127, 160), *range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x200E, 0x200F, 0x061C, 0x2028,
+              0x2029)
+_CONTROL = {c: "?" for c in (*range(0, 9), *range(10, 32), *_INVISIBLE)}
+# For JSON text: json.dumps(ensure_ascii=False) escapes C0 controls but writes these as they are.
+_JSON_ESCAPES = {c: f"\\u{c:04x}" for c in _INVISIBLE}
 
 _STYLES = {"error": "1;31", "warning": "1;33", "info": "1;36", "code": "1", "path": "1", "dim": "2", "caret": "1;31"}
 
@@ -30,6 +34,13 @@ def clean(text: str) -> str:
     """Replace control characters (from rule comments in untrusted files) by '?' before a
     terminal sees them. TAB is kept."""
     return text.translate(_CONTROL)
+
+
+def json_safe(text: str) -> str:
+    """JSON text (from ``json.dumps(..., ensure_ascii=False)``) with DEL, the C1 controls, the
+    bidirectional controls and the line separators written as ``\\uXXXX`` escapes: the same JSON
+    value, but a terminal that shows the file shows what is in it. They only occur inside strings."""
+    return text.translate(_JSON_ESCAPES)
 
 
 def source_text(sources: Mapping[str, Sequence[str]], path: str, line: int) -> str | None:

@@ -1,0 +1,5 @@
+"""``python -m natlint``: the same as the ``natlint`` command."""
+
+from natlint.cli import main
+
+main()
