@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -176,13 +175,25 @@ def test_nothing_without_dnat() -> None:
     assert _check("*filter\n:INPUT DROP [0:0]\nCOMMIT\n") == []
 
 
-@pytest.mark.parametrize(("name", "make", "limit"), [
-    ("kube_proxy(60,5)", lambda: synth.kube_proxy(60, 5), 60.0),
-    ("docker_host(20,3)", lambda: synth.docker_host(20, 3), 30.0),
+@pytest.mark.parametrize(("name", "make"), [
+    ("kube_proxy(60,5)", lambda: synth.kube_proxy(60, 5)),
+    ("docker_host(20,3)", lambda: synth.docker_host(20, 3)),
 ])
-def test_synthetic_hosts_are_clean_and_fast(name: str, make: object, limit: float) -> None:
-    text = make()  # type: ignore[operator]
-    t0 = time.monotonic()
-    found = _check(text, name)
-    assert time.monotonic() - t0 < limit
-    assert found == []
+def test_synthetic_hosts_are_clean(name: str, make: object) -> None:
+    assert _check(make(), name) == []  # type: ignore[operator]
+
+
+def test_trusted_interfaces_and_networks_are_not_outside() -> None:
+    """The configuration's trusted-interfaces / trusted-networks narrow what 'from outside'
+    means for NL306: a port reachable only from trusted places is not a finding."""
+    import ipaddress
+
+    ruleset = natlint.load(FIXTURES / "nl306_policy_drop.rules")
+    assert {f.code for f in exposure.check(CheckContext(ruleset))} == {"NL306"}
+    outside = [i.name for i in CheckContext(ruleset).host.interfaces if not i.loopback and not i.bridge]
+    trusted = CheckContext(ruleset, trusted_interfaces=tuple(outside))
+    assert "NL306" not in {f.code for f in exposure.check(trusted)}
+    everyone = CheckContext(ruleset, trusted_networks=(ipaddress.ip_network("0.0.0.0/0"),))
+    assert "NL306" not in {f.code for f in exposure.check(everyone)}
+    some = CheckContext(ruleset, trusted_networks=(ipaddress.ip_network("10.0.0.0/8"),))
+    assert "NL306" in {f.code for f in exposure.check(some)}

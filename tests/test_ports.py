@@ -251,19 +251,16 @@ def test_cli_subprocess() -> None:
     assert "\033[" not in p.stdout
 
 
-# ---------------------------------------------------------------- performance
+# ---------------------------------------------------------------- a big dump
 
 
 @pytest.mark.slow
-def test_kube_proxy_60_5_time() -> None:
+def test_kube_proxy_60_5_services() -> None:
+    """Every kube-proxy service shows up (the time is measured by the benchmarks)."""
     from natlint.synth import kube_proxy
 
-    rs = natlint.load(kube_proxy(60, 5))
-    started = time.monotonic()
-    report = ports(rs)
-    elapsed = time.monotonic() - started
+    report = ports(natlint.load(kube_proxy(60, 5)))
     assert len(report.services) > 50
-    assert elapsed < 30, f"natlint ports on kube_proxy(60, 5) took {elapsed:.1f} s"
 
 
 # ---------------------------------------------------------------- the kernel

@@ -203,14 +203,23 @@ class _Analysis:
 
     def outside(self) -> Any:
         """Packets arriving from outside: on the host's named interfaces that are neither
-        loopback nor bridges (every other interface when the model names none)."""
+        loopback nor bridges (every other interface when the model names none), minus what
+        the configuration trusts (``trusted-interfaces``, sources in ``trusted-networks``)."""
         sp = self.sp
-        names = [i.name for i in self.host.interfaces if not i.loopback and not i.bridge]
+        trusted = set(self.ctx.trusted_interfaces)
+        named = [i.name for i in self.host.interfaces if not i.loopback and not i.bridge]
+        names = [n for n in named if n not in trusted]
         if names:
-            return union_all([_iif(sp, n) for n in names])
-        found = sp.all() - _iif(sp, None) - _iif(sp, "lo")
-        for bridge in self.bridges:
-            found = found - _iif(sp, bridge)
+            found = union_all([_iif(sp, n) for n in names])
+        elif named:  # every outside interface of the model is trusted
+            found = sp.none()
+        else:
+            found = sp.all() - _iif(sp, None) - _iif(sp, "lo")
+            for name in [*self.bridges, *(t for t in trusted if t in sp.interfaces)]:
+                found = found - _iif(sp, name)
+        for network in self.ctx.trusted_networks:
+            if network.version == self.ruleset.family:
+                found = found - sp.prefix("src", parse_prefix(str(network), network.version))
         return found
 
     def telling(self) -> list[Any]:
