@@ -63,8 +63,20 @@ def format_concise(findings: Iterable[Finding], *, color: bool = False) -> str:
 
 
 def format_witness(witness: Mapping[str, object]) -> str:
-    """``{"proto": "tcp", "dport": 22}`` -> ``proto=tcp dport=22`` (nested values as written)."""
-    return " ".join(f"{key}={value}" for key, value in witness.items() if value is not None)
+    """``{"proto": "tcp", "dport": 22}`` -> ``proto=tcp dport=22``; a nested mapping (the
+    packet after NAT) reads ``after NAT: src=... dst=...``."""
+    words: list[str] = []
+    nested: list[str] = []
+    for key, value in witness.items():
+        if value is None:
+            continue
+        if isinstance(value, Mapping):
+            inner = format_witness(value)
+            if inner:
+                nested.append(f"{key.replace('_', ' ').replace('nat', 'NAT')}: {inner}")
+        else:
+            words.append(f"{key}={value}")
+    return "; ".join([" ".join(words), *nested]) if nested else " ".join(words)
 
 
 def _snippet(line: int, column: int, source: str, color: bool, indent: str = "  ") -> list[str]:
