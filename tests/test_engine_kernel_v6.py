@@ -25,7 +25,6 @@ ip6tables: ``oracle.kernel_available()``).
 from __future__ import annotations
 
 import ipaddress
-import subprocess
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -35,10 +34,9 @@ import oracle
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
-from kernel_harness import KernelLab, Probe
+from kernel_harness import Probe
 from test_engine_kernel import (
     EXTRA_PORTS,
-    PROBE_TIMEOUT,
     REFERENCE_DUMPS,
     Case,
     LabMap,
@@ -47,10 +45,9 @@ from test_engine_kernel import (
     _fixture_case,
     _host_model,
     _ports,
-    _setup_commands,
     _targeted,
     _topology,
-    probe_and_compare,
+    run_probes,
 )
 
 from natlint.netfilter.engine import Engine
@@ -150,35 +147,11 @@ def test_engine_agrees_with_kernel_v6(case: Case) -> None:
     host = _as_built(host, topo.to_dict())
     engine = Engine(ruleset, host)
     tally = SUMMARY.setdefault(case.name, Tally())
-    known: list[str] = []
     t0 = time.monotonic()
-    with KernelLab(topo, timeout=PROBE_TIMEOUT) as lab:
-        for cmd in _setup_commands(case, lab):
-            p = subprocess.run(["ip", "netns", "exec", lab.namespaces["host"], *cmd], capture_output=True, check=False)
-            assert p.returncode == 0, f"{' '.join(cmd)}: {p.stderr.decode(errors='replace')}"
-        loaded = lab.load(text)
-        assert loaded.ok, f"ip6tables-restore refused {case.path}: {loaded.reason}"
-        lm = LabMap.build(topo, lab, host)
-        probes = _targeted(case, ruleset, lm) + _icmp(lm)
-        probes += _random(lm, _ports(ruleset), RANDOM_PROBES)
-        seen: set[tuple[str, str, str, int]] = set()
-        for probe in probes:
-            key = (probe.src_ns, probe.proto, probe.dst, probe.dport)
-            role = probe.src_ns.removeprefix("container:")
-            if key in seen or not lm.reachable(role, probe.dst):
-                continue
-            seen.add(key)
-            verdict, report, _res = probe_and_compare(lab, probe, ruleset, host, engine, lm)
-            tally.probes += 1
-            if verdict == "exact":
-                tally.exact += 1
-            elif verdict == "approximate":
-                tally.approximate += 1
-            elif (case.name, *key) in KNOWN:
-                known.append(f"{KNOWN[(case.name, *key)]}\n{report}")
-            else:
-                tally.disagreements.append(report or "")
-        assert lab.trace_available, f"the kernel trace was unavailable: {lab.warnings}"
+    def probes_for(lm: LabMap) -> list[Probe]:
+        return _targeted(case, ruleset, lm) + _icmp(lm) + _random(lm, _ports(ruleset), RANDOM_PROBES)
+
+    known = run_probes(case, text, ruleset, host, topo, engine, tally, probes_for, KNOWN)
     print(f"\n{case.name}: {tally.probes} probes, {tally.exact} exact + {tally.approximate} approximate agree,"
           f" {len(tally.disagreements)} disagree, {len(known)} known ({time.monotonic() - t0:.1f} s)")
     assert not tally.disagreements, (

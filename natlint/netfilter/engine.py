@@ -24,10 +24,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from natlint.model.ruleset import Chain, Rule, Ruleset, Table, Target
 from natlint.model.values import Prefix
+
+if TYPE_CHECKING:
+    from natlint.host.model import RouteDecision
 
 __all__ = ["Engine", "Outcome", "Step", "Delivery", "BranchBudgetExceeded", "uses_conntrack"]
 
@@ -173,7 +176,7 @@ class Engine:
         self._orig_reads: dict[int, frozenset[str]] = {}
         self._iif_free: bool | None = None
         self._shared: tuple[object, _Parts] | None = None
-        self._routes: list[tuple[object, object]] | None = None
+        self._routes: list[tuple[object, RouteDecision]] | None = None
         self._branches = 0
 
     # ---- compiled rules -------------------------------------------------------------------
@@ -656,10 +659,9 @@ class Engine:
         localnet = getattr(self.host, "localnet", lambda _n: False)
         src127 = sp.prefix("src", Prefix(4, 0x7F000000, 0xFF000000))  # type: ignore[attr-defined]
         cuts: list[tuple[object, str]] = []
-        for prefixes, decision in self.host.route_partition():  # type: ignore[attr-defined]
+        for dsts, decision in self._route_sets():
             if decision.kind != "forward" or decision.oif is None or localnet(decision.oif):
                 continue
-            dsts = prefixes_union(sp, prefixes)
             when = "the socket's route" if first else "rerouted after nat OUTPUT"
             cuts.append((dsts & src127, f"source 127.0.0.0/8 out of {decision.oif} ({when}): dropped by routing"  # type: ignore[operator]
                          " (route_localnet is off)"))
@@ -692,7 +694,6 @@ class Engine:
         bridges = getattr(self.host, "bridges", lambda: ())()
         if not bridges:
             return found
-        partition = self.host.route_partition()  # type: ignore[attr-defined]
         for iface in bridges:
             if iface.name not in getattr(sp, "interfaces", ()):
                 continue
@@ -700,8 +701,10 @@ class Engine:
             if on_bridge.is_empty():
                 continue
             subnet = prefixes_union(sp, iface.subnets)
-            routed_out = prefixes_union(sp, (p for prefixes, d in partition
-                                             if d.kind == "forward" and d.oif == iface.name for p in prefixes))
+            routed_out = sp.none()  # type: ignore[attr-defined]
+            for dsts, d in self._route_sets():
+                if d.kind == "forward" and d.oif == iface.name:
+                    routed_out = routed_out | dsts  # type: ignore[operator]
             part = on_bridge & subnet & routed_out
             if not part.is_empty():
                 found.append((iface.name, part))
@@ -786,7 +789,7 @@ class Engine:
                 outcomes.append(Outcome(self._final(b), verdict, None, b.steps, b.reasons))
         return branches
 
-    def _route_sets(self) -> list[tuple[object, object]]:
+    def _route_sets(self) -> list[tuple[object, RouteDecision]]:
         """The routing partition as (destination set, decision), built once per engine."""
         if self._routes is None:
             self._routes = [(prefixes_union(self.space, prefixes), decision)
@@ -802,7 +805,7 @@ class Engine:
                 part = b.packets & dsts  # type: ignore[operator]
                 if part.is_empty():
                     continue
-                if decision.kind == "unreachable":  # type: ignore[attr-defined]
+                if decision.kind == "unreachable":
                     step = Step("ROUTING", "-", "-", None, None, "no route to the destination")
                     outcomes.append(Outcome(_materialize(sp, part, b.lazy), "DROP", None, b.steps + (step,),
                                             b.reasons))

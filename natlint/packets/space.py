@@ -866,14 +866,14 @@ class PacketSpace:
         the fields ``changed``). The cube is built once per key: the opaque lists only grow,
         so their lengths say which version of them a cube holds (a kube-proxy dump has
         thousands of statistic predicates: no list of them is built per operation)."""
+        def variables() -> list[str]:
+            return self._vars_of(names) + list(extra) + self._dependent_opaque(changed)
+
+        if self.backend != "cudd":
+            found = variables()
+            return self._bdd.exist(found, node) if found else node
         key = (names, extra, changed, len(self._opaque_any), tuple(len(self._opaque_on.get(n, ())) for n in changed))
-        cube = self._qcubes.get(key)
-        if cube is None:
-            variables = self._vars_of(names) + list(extra) + self._dependent_opaque(changed)
-            if self.backend != "cudd":
-                return self._bdd.exist(variables, node) if variables else node
-            cube = self._bdd.cube(dict.fromkeys(variables, True))
-            self._qcubes[key] = cube
+        cube = self._qcube(key, variables)
         if cube == self._true:
             return node
         return self._bdd.apply("\\E", cube, node)
