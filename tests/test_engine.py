@@ -548,3 +548,29 @@ COMMIT
     bridged = one(trace(ruleset, host6, TraceQuery("docker0", src="::1", dst="2001:db8:100::1", proto="udp",
                                                    dport="22")))
     assert bridged.verdict == "DROP" and path(bridged) == [("raw", "PREROUTING", 1), ("raw", "PREROUTING", "policy")]
+
+
+def test_an_engine_like_another_shares_its_compiled_rules() -> None:
+    ruleset = read(NAT_HEAD + "-A PREROUTING -p tcp --dport 80 -j DNAT --to-destination 10.0.0.2\nCOMMIT\n"
+                   + FILTER_OPEN, "<test>", 4)
+    first = Engine(ruleset, HOST, record_steps=True)
+    rule = next(iter(ruleset.rules()))
+    compiled = first.compiled(rule)
+    second = Engine(ruleset, HOST, space=first.space, record_steps=False, like=first)
+    assert second.compiled(rule) is compiled
+    with pytest.raises(ValueError, match="same ruleset, host and space"):
+        Engine(ruleset, HOST, like=first)  # a space of its own: its sets are not first's
+
+
+def test_space_memo_builds_a_set_once() -> None:
+    from natlint.packets.space import PacketSpace
+
+    sp = PacketSpace(4)
+    calls: list[int] = []
+
+    def build() -> object:
+        calls.append(1)
+        return sp.value("dport", 80)
+
+    assert sp.memo(("test", 1), build) is sp.memo(("test", 1), build)  # type: ignore[arg-type]
+    assert len(calls) == 1 and sp.memo(("test", 1), build) == sp.value("dport", 80)  # type: ignore[arg-type]

@@ -147,7 +147,7 @@ def _plain_engine(ctx: CheckContext) -> Engine:
     if isinstance(found, Engine):
         return found
     engine = Engine(ctx.ruleset, ctx.host, space=ctx.engine.space, record_steps=False,
-                    max_branches=ctx.max_branches)
+                    max_branches=ctx.max_branches, like=ctx.engine)
     vars(ctx)["_natlint_plain_engine"] = engine
     return engine
 

@@ -160,7 +160,9 @@ class Engine:
     """Evaluate a ruleset on packet sets under a host model."""
 
     def __init__(self, ruleset: Ruleset, host: object, *, space: object | None = None, record_steps: bool = True,
-                 max_branches: int = 20_000, conntrack: bool | None = None) -> None:
+                 max_branches: int = 20_000, conntrack: bool | None = None, like: Engine | None = None) -> None:
+        """``like``: an engine of the same ruleset, host and space whose compiled rules this
+        one shares (a kube-proxy dump has tens of thousands of rules to compile)."""
         from natlint.packets.compile import compile_interfaces
         from natlint.packets.space import PacketSpace
 
@@ -174,6 +176,11 @@ class Engine:
         self.conntrack = uses_conntrack(ruleset) if conntrack is None else conntrack
         self._compiled: dict[int, object] = {}
         self._orig_reads: dict[int, frozenset[str]] = {}
+        if like is not None:
+            if like.ruleset is not ruleset or like.host is not host or like.space is not self.space:
+                raise ValueError("an engine shares compiled rules only with one of the same ruleset, host and space")
+            self._compiled = like._compiled
+            self._orig_reads = like._orig_reads
         self._iif_free: bool | None = None
         self._shared: tuple[object, _Parts] | None = None
         self._routes: list[tuple[object, RouteDecision]] | None = None

@@ -169,15 +169,18 @@ def _map_ports(sp: object, packets: object, nat_range: object, port_field: str, 
 
 
 def _same_sport(sp: object) -> object:
-    return sp.equate(sp.all(), "orig_sport", "sport")  # type: ignore[attr-defined]
+    return sp.memo(("nat", "same-sport"), lambda: sp.equate(sp.all(), "orig_sport", "sport"))  # type: ignore[attr-defined]
 
 
 def _random_sport_map(sp: object) -> object:
-    """orig_sport's class -> the new sport's range (port 0 stays 0)."""
-    mapping = sp.value("orig_sport", 0) & sp.value("sport", 0)  # type: ignore[attr-defined]
-    for first, last, lo, hi in _PORT_CLASSES:
-        mapping = mapping | (sp.range("orig_sport", first, last) & sp.range("sport", lo, hi))  # type: ignore[attr-defined]
-    return mapping
+    """orig_sport's class -> the new sport's range (port 0 stays 0), built once per space."""
+    def build() -> object:
+        mapping = sp.value("orig_sport", 0) & sp.value("sport", 0)  # type: ignore[attr-defined]
+        for first, last, lo, hi in _PORT_CLASSES:
+            mapping = mapping | (sp.range("orig_sport", first, last) & sp.range("sport", lo, hi))  # type: ignore[attr-defined]
+        return mapping
+
+    return sp.memo(("nat", "random-sport-map"), build)  # type: ignore[attr-defined]
 
 
 def _host_scope(version: int, address: int) -> bool:
@@ -240,9 +243,13 @@ def _per_interface(sp: object, host: object, packets: object, iface_field: str, 
         out = sp.assign_fields(part, {addr_field: address, flag: True})  # type: ignore[attr-defined]
         out, reasons = _map_ports(sp, out, ports, port_field, random)
         results.append((out, "ACCEPT", reasons))
-    known = sp.none()  # type: ignore[attr-defined]
-    for name in names:
-        known = known | sp.iface(iface_field, Interface(name))  # type: ignore[attr-defined]
+    def union() -> object:
+        known = sp.none()  # type: ignore[attr-defined]
+        for name in names:
+            known = known | sp.iface(iface_field, Interface(name))  # type: ignore[attr-defined]
+        return known
+
+    known = sp.memo(("nat", "known", iface_field, tuple(names)), union)  # type: ignore[attr-defined]
     rest = packets - known  # type: ignore[operator]
     if not rest.is_empty():  # type: ignore[attr-defined]
         out = sp.forget(rest, addr_field)  # type: ignore[attr-defined]

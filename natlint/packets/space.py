@@ -155,6 +155,8 @@ _EPHEMERAL_PORT = 40000
 _CUDD_COUNT_EVERY = 1024
 _CUDD_COUNT_SECONDS = 0.25
 _OXIDD_COUNT_EVERY = 64
+# The fields the validity constraint tests (PacketSpace._build_valid).
+_VALID_FIELDS = frozenset({"iif", "oif", "ctstate", "ct_dnat", "ct_snat"})
 _OXIDD_GC_MIN = 1 << 22
 
 
@@ -461,6 +463,7 @@ class PacketSpace:
         # field equalities): the analysis of a big dump asks for the same ones thousands of times.
         self._qcubes: dict[tuple[object, ...], _Node] = {}
         self._node_cache: dict[tuple[object, ...], _Node] = {}
+        self._memo: dict[Hashable, PacketSet] = {}
         self._labels: set[str] = set()
         self._true: _Node = self._bdd.true
         self._false: _Node = self._bdd.false
@@ -631,6 +634,15 @@ class PacketSpace:
             node = build()
             self._node_cache[key] = node
         return node
+
+    def memo(self, key: Hashable, build: Callable[[], PacketSet]) -> PacketSet:
+        """A set built once per space and key: the constant sets an analysis asks for again
+        and again (the NAT module's port maps, the union of the known interfaces...)."""
+        found = self._memo.get(key)
+        if found is None:
+            found = build()
+            self._memo[key] = found
+        return found
 
     def _value_node(self, name: str, value: int) -> _Node:
         width = self.widths[name]
@@ -889,6 +901,14 @@ class PacketSpace:
 
     # ------------------------------------------------------------------ transforms
 
+    def _revalidate(self, node: _Node, changed: Iterable[str]) -> _Node:
+        """``valid ∧ node`` after a transform of the fields ``changed`` of a valid set: needed
+        only when the validity constraint tests one of them (∃x.S stays within valid when
+        valid does not test x). Saves a pass over the result of every NAT and MARK."""
+        if _VALID_FIELDS.isdisjoint(changed):
+            return node
+        return self._valid & node
+
     def _dependent_opaque(self, names: Iterable[str]) -> list[str]:
         """The opaque variables a transform of these fields must forget."""
         found = list(self._opaque_any)
@@ -952,7 +972,7 @@ class PacketSpace:
     def forget(self, packets: PacketSet, *names: str) -> PacketSet:
         """∃ fields: the packets that equal a member of ``packets`` except in these fields."""
         self._own(packets)
-        return self._guard(lambda: self._valid & self._exist(packets.node, names))
+        return self._guard(lambda: self._revalidate(self._exist(packets.node, names), names))
 
     def forget_opaque(
         self, packets: PacketSet, keys: Iterable[Hashable] | Callable[[Hashable], bool]
@@ -971,7 +991,8 @@ class PacketSpace:
         self._own(packets)
         name = self._field(name)
         number = self.encode(name, value)
-        return self._guard(lambda: self._valid & self._exist(packets.node, [name]) & self._value_node(name, number))
+        return self._guard(lambda: self._revalidate(self._exist(packets.node, [name]) & self._value_node(name, number),
+                                                    (name,)))
 
     def assign_fields(self, packets: PacketSet, values: Mapping[str, object]) -> PacketSet:
         """Several fields := values at once: ``∃fields.S ∧ field1 = v1 ∧ ...`` (one ∃, one ∧).
@@ -995,14 +1016,15 @@ class PacketSpace:
             return self._bdd.cube(bits)
 
         values_cube = self._cached(("values", tuple(names), tuple(numbers)), cube)
-        return self._guard(lambda: self._valid & (self._exist(packets.node, names) & values_cube))
+        return self._guard(lambda: self._revalidate(self._exist(packets.node, names) & values_cube, names))
 
     def assign_range(self, packets: PacketSet, name: str, lo: object, hi: object) -> PacketSet:
         """field := any value in [lo, hi]: ``∃field.S ∧ field ∈ [lo, hi]`` (NAT ranges)."""
         self._own(packets)
         name = self._field(name)
         a, b = self.encode(name, lo), self.encode(name, hi)
-        return self._guard(lambda: self._valid & self._exist(packets.node, [name]) & self._range_node(name, a, b))
+        return self._guard(lambda: self._revalidate(self._exist(packets.node, [name]) & self._range_node(name, a, b),
+                                                    (name,)))
 
     def assign_prefix(self, packets: PacketSet, name: str, prefix: Prefix) -> PacketSet:
         """NETMAP: the prefix's network bits replace the field's, its host bits are kept."""
@@ -1042,7 +1064,7 @@ class PacketSpace:
                 node = self._bdd.let({v: ~self._bdd.var(v) for v in flipped}, node)
             if fixed:
                 node = node & self._cached(("bits", name, value, mask), constants)
-            return self._valid & node
+            return self._revalidate(node, (name,))
 
         return self._guard(build)
 
@@ -1092,7 +1114,7 @@ class PacketSpace:
         def build() -> _Node:
             bdd = self._bdd
             pairs = list(zip(self._vars[target], self._vars[source], strict=True))
-            node = self._valid & self._exist(packets.node, [target]) if forget_target else packets.node
+            node = self._revalidate(self._exist(packets.node, [target]), (target,)) if forget_target else packets.node
             if all(abs(self._level[t] - self._level[s]) == 1 for t, s in pairs):
                 # interleaved: the whole equality is linear, one conjunction
 
