@@ -803,3 +803,15 @@ def test_autoref_backend_agrees() -> None:
         counts[backend] = [s.count() for s in sets] + [(sets[0] - sets[1]).count()]
         assert sets[0].describe() == "tcp dport 80,443 from 10.0.0.0/8 to any"
     assert len(set(map(tuple, counts.values()))) == 1
+
+
+@pytest.mark.parametrize("order", [None, ORDER_SEPARATE])
+def test_equate_fields_is_equate_pair_after_pair(order: object) -> None:
+    sp = PacketSpace(4, (), order=order)  # type: ignore[arg-type]
+    base = sp.prefix("dst", parse_prefix("10.0.0.0/30", 4)) & sp.range("dport", 80, 81)
+    pairs = [("orig_dst", "dst"), ("orig_dport", "dport")]
+    one_by_one = sp.equate(sp.equate(base, "orig_dst", "dst"), "orig_dport", "dport")
+    assert sp.equate_fields(base, pairs) == one_by_one
+    assert sp.equate_fields(base, []) == base
+    picked = sp.equate_fields(base, pairs).pick()
+    assert picked is not None and picked.orig_dst == picked.dst and picked.orig_dport == picked.dport

@@ -875,11 +875,11 @@ def _materialize(sp: object, packets: object, fields: frozenset[str]) -> object:
     new = packets & new_set  # type: ignore[operator]
     if new.is_empty():  # type: ignore[attr-defined]
         return packets
-    rest = packets - new_set  # type: ignore[operator]
-    for field_name in ("src", "dst", "sport", "dport"):
-        if field_name in fields:
-            new = sp.equate(new, f"orig_{field_name}", field_name)  # type: ignore[attr-defined]
-    return new | rest  # type: ignore[operator]
+    pairs = [(f"orig_{f}", f) for f in ("src", "dst", "sport", "dport") if f in fields]
+    recorded = sp.equate_fields(new, pairs)  # type: ignore[attr-defined]
+    if new == packets:  # all NEW (the nat table sees nothing else): nothing to add back
+        return recorded
+    return recorded | (packets - new_set)  # type: ignore[operator]
 
 
 def _conntrack_new(sp: object, packets: object) -> object:

@@ -1100,6 +1100,43 @@ class PacketSpace:
         conntrack original tuple)."""
         return self._equal_fields(packets, target, source, forget_target=False)
 
+    def equate_fields(self, packets: PacketSet, pairs: Sequence[tuple[str, str]]) -> PacketSet:
+        """``packets ∧ target1 = source1 ∧ ...``: :meth:`equate` for several pairs in one
+        conjunction (the conntrack original tuple recorded at once) when every pair is
+        interleaved in the variable order; else one pair after the other."""
+        self._own(packets)
+        pairs = [(self._field(t), self._field(s)) for t, s in pairs if t != s]
+        if not pairs:
+            return packets
+        if any(self.widths[t] != self.widths[s] for t, s in pairs) or not all(
+                abs(self._level[tv] - self._level[sv]) == 1
+                for t, s in pairs for tv, sv in zip(self._vars[t], self._vars[s], strict=True)):
+            for t, s in pairs:
+                packets = self.equate(packets, t, s)
+            return packets
+        key = tuple(sorted(pairs))
+
+        def conjunction() -> _Node:
+            node = self._true
+            for t, s in key:
+                node = node & self._equality(t, s)
+            return node
+
+        return self._guard(lambda: packets.node & self._cached(("equal-all", key), conjunction))
+
+    def _equality(self, target: str, source: str) -> _Node:
+        """``target = source`` for two interleaved fields (linear size), built once."""
+        bdd = self._bdd
+        pairs = list(zip(self._vars[target], self._vars[source], strict=True))
+
+        def equality() -> _Node:
+            equal = self._true
+            for t, s in reversed(pairs):  # bottom-up
+                equal = bdd.ite(bdd.var(t), bdd.var(s), ~bdd.var(s)) & equal
+            return equal
+
+        return self._cached(("equal", target, source), equality)
+
     def _equal_fields(self, packets: PacketSet, target: str, source: str, *, forget_target: bool) -> PacketSet:
         """``packets`` (with ``target`` first forgotten when asked) ∧ ``target = source``."""
         self._own(packets)
@@ -1117,14 +1154,7 @@ class PacketSpace:
             node = self._revalidate(self._exist(packets.node, [target]), (target,)) if forget_target else packets.node
             if all(abs(self._level[t] - self._level[s]) == 1 for t, s in pairs):
                 # interleaved: the whole equality is linear, one conjunction
-
-                def equality() -> _Node:
-                    equal = self._true
-                    for t, s in reversed(pairs):  # bottom-up
-                        equal = bdd.ite(bdd.var(t), bdd.var(s), ~bdd.var(s)) & equal
-                    return equal
-
-                return node & self._cached(("equal", target, source), equality)
+                return node & self._equality(target, source)
             # apart in the order: the equality alone is exponential, constrain bit by bit
             for t, s in pairs:
                 node = node & bdd.ite(bdd.var(t), bdd.var(s), ~bdd.var(s))
