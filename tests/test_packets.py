@@ -815,14 +815,3 @@ def test_equate_fields_is_equate_pair_after_pair(order: object) -> None:
     assert sp.equate_fields(base, []) == base
     picked = sp.equate_fields(base, pairs).pick()
     assert picked is not None and picked.orig_dst == picked.dst and picked.orig_dport == picked.dport
-
-
-def test_move_is_forget_after_equate_for_an_untested_target() -> None:
-    sp = PacketSpace(4, ())
-    base = (sp.prefix("src", parse_prefix("10.0.0.0/30", 4)) & sp.range("dport", 80, 81)) | (
-        sp.value("src", "192.0.2.1") & sp.value("dport", 443))
-    moved = sp.move(base, "src", "orig_src")
-    assert moved == sp.forget(sp.equate(base, "orig_src", "src"), "src")
-    assert not sp.tests_field(moved, "src") and sp.tests_field(moved, "orig_src")
-    with pytest.raises(ValueError, match="cannot move"):
-        sp.move(base, "src", "dport")

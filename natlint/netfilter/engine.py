@@ -308,9 +308,6 @@ class Engine:
             stopped.append((b.extend(b.packets, step), "REJECT"))
         elif name in nat.NAT_TARGETS:
             if b.lazy:  # conntrack keeps the original tuple: record it before rewriting it
-                moved = nat.replaced_address(name, options, hook)
-                if moved in b.lazy:
-                    b = self._move_to_orig(b, moved)  # type: ignore[arg-type]
                 b = self._settle(b, b.lazy & _rewritten_by(name, hook))
             for packets, verdict, reasons in nat.apply(sp, self.host, name, options, hook, b.packets):
                 stopped.append((b.extend(packets, step, reasons), verdict))
@@ -379,20 +376,6 @@ class Engine:
         if not fields:
             return b
         return _Branch(_materialize(self.space, b.packets, fields), b.steps, b.reasons, b.lazy - fields)
-
-    def _move_to_orig(self, b: _Branch, name: str) -> _Branch:
-        """Record orig_X = X for a lazy field X that the NAT target replaces for every packet:
-        ``∃X.(S ∧ orig_X = X)`` is S with X renamed orig_X (S does not test orig_X while X is
-        lazy), one relabelling pass; recording the equality and then forgetting X merges
-        every X-dependent part of S (on the union of a kube-proxy dump's translated
-        connections, that is the per-endpoint hairpin structure of the source: 5x its size).
-        The target then gives X its new value. Only for sets of NEW packets (the nat table's)."""
-        sp = self.space
-        new = b.packets & sp.ctstate(["NEW"])  # type: ignore[attr-defined, operator]
-        if new != b.packets:
-            return b
-        moved = sp.move(b.packets, name, f"orig_{name}")  # type: ignore[attr-defined]
-        return _Branch(moved, b.steps, b.reasons, b.lazy - {name})
 
     def _final(self, b: _Branch) -> object:
         """The branch's packets with the whole original tuple recorded (an outcome's set)."""

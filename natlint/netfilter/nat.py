@@ -33,7 +33,7 @@ from typing import Literal
 from natlint.model.ruleset import Option
 from natlint.model.values import Interface, Prefix
 
-__all__ = ["NAT_TARGETS", "apply", "real_interfaces", "replaced_address"]
+__all__ = ["NAT_TARGETS", "apply", "real_interfaces"]
 
 NAT_TARGETS = frozenset({"DNAT", "SNAT", "MASQUERADE", "REDIRECT", "NETMAP"})
 Verdict = Literal["ACCEPT", "DROP"]
@@ -90,23 +90,6 @@ def apply(sp: object, host: object, target: str, options: Mapping[str, Option], 
         flag = "ct_dnat" if field == "dst" else "ct_snat"
         return [(sp.assign(out, flag, True), "ACCEPT", ())]  # type: ignore[attr-defined]
     raise KeyError(target)
-
-
-def replaced_address(target: str, options: Mapping[str, Option], hook: str) -> str | None:
-    """The address field the target gives a new value for every packet, whatever its old one
-    ("dst" for DNAT with an address and REDIRECT, "src" for SNAT with an address and
-    MASQUERADE), else None (a port-only DNAT/SNAT keeps the address, NETMAP its host bits)."""
-    if target == "DNAT":
-        found = getattr(_range_of(options, "to_destination", "to"), "addresses", None)
-        return "dst" if found is not None else None
-    if target == "SNAT":
-        found = getattr(_range_of(options, "to_source", "to"), "addresses", None)
-        return "src" if found is not None else None
-    if target == "MASQUERADE":
-        return "src"
-    if target == "REDIRECT":
-        return "dst"
-    return None
 
 
 def _fixed_mapping(nat_range: object, fields: tuple[str, str, str], random: bool) -> dict[str, object] | None:

@@ -1100,21 +1100,6 @@ class PacketSpace:
         conntrack original tuple)."""
         return self._equal_fields(packets, target, source, forget_target=False)
 
-    def move(self, packets: PacketSet, source: str, target: str) -> PacketSet:
-        """What the set says of ``source`` it now says of ``target``, and ``source`` is free:
-        ``∃source.(packets ∧ target = source)`` when ``packets`` does not test ``target``
-        (a lazily recorded conntrack original tuple, see the engine). One renaming pass.
-        Opaque predicates stay as they are (the caller forgets those the transform changes)."""
-        self._own(packets)
-        source, target = self._field(source), self._field(target)
-        if self.widths[source] != self.widths[target]:
-            raise ValueError(f"cannot move {source} ({self.widths[source]} bits) to {target}"
-                             f" ({self.widths[target]} bits)")
-        if source == target:
-            return packets
-        mapping = dict(zip(self._vars[source], self._vars[target], strict=True))
-        return self._guard(lambda: self._bdd.let(mapping, packets.node))
-
     def equate_fields(self, packets: PacketSet, pairs: Sequence[tuple[str, str]]) -> PacketSet:
         """``packets ∧ target1 = source1 ∧ ...``: :meth:`equate` for several pairs in one
         conjunction (the conntrack original tuple recorded at once) when every pair is
