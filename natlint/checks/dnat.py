@@ -284,9 +284,10 @@ def _rewrite(sp: PacketSpace, host: HostModel, rule: Rule, hook: str, packets: P
     from natlint.netfilter import nat
 
     assert rule.target is not None
-    with_orig = packets
-    for name in ("src", "dst", "sport", "dport"):
-        with_orig = sp.copy(with_orig, f"orig_{name}", name)
+    # conntrack records the original tuple: orig_X := X for the four fields (one ∃ and one
+    # conjunction, the same set as four copy() calls)
+    fields = ("src", "dst", "sport", "dport")
+    with_orig = sp.equate_fields(sp.forget(packets, *(f"orig_{f}" for f in fields)), [(f"orig_{f}", f) for f in fields])
     options = {o.name: o for o in rule.target.options}
     out = sp.none()
     reasons: list[str] = []
