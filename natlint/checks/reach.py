@@ -265,8 +265,8 @@ class TableReach:
 
     def _forget(self, packets: PacketSet, names: tuple[str, ...]) -> PacketSet:
         """∃names.packets, skipping the work when the set does not test those fields."""
-        support = packets.node.support
-        tested = tuple(n for n in names if any(v in support for v in self.space.variables(n)))
+        # ∃x.S == S exactly when S does not depend on x (no walk over the set's nodes)
+        tested = tuple(n for n in names if self.space.tests_variables(packets, self.space.variables(n)))
         return self.space.forget(packets, *tested) if tested else packets
 
     def _changes(self, names: tuple[str, ...] | frozenset[str]) -> tuple[str, ...]:

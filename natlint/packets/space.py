@@ -464,6 +464,7 @@ class PacketSpace:
         self._qcubes: dict[tuple[object, ...], _Node] = {}
         self._node_cache: dict[tuple[object, ...], _Node] = {}
         self._memo: dict[Hashable, PacketSet] = {}
+        self._interleaving: dict[tuple[str, str], bool] = {}
         self._labels: set[str] = set()
         self._true: _Node = self._bdd.true
         self._false: _Node = self._bdd.false
@@ -1108,9 +1109,7 @@ class PacketSpace:
         pairs = [(self._field(t), self._field(s)) for t, s in pairs if t != s]
         if not pairs:
             return packets
-        if any(self.widths[t] != self.widths[s] for t, s in pairs) or not all(
-                abs(self._level[tv] - self._level[sv]) == 1
-                for t, s in pairs for tv, sv in zip(self._vars[t], self._vars[s], strict=True)):
+        if not all(self._interleaved(t, s) for t, s in pairs):
             for t, s in pairs:
                 packets = self.equate(packets, t, s)
             return packets
@@ -1123,6 +1122,16 @@ class PacketSpace:
             return node
 
         return self._guard(lambda: packets.node & self._cached(("equal-all", key), conjunction))
+
+    def _interleaved(self, a: str, b: str) -> bool:
+        """Whether two fields have the same width and their bits alternate in the order."""
+        key = (a, b)
+        found = self._interleaving.get(key)
+        if found is None:
+            found = self.widths[a] == self.widths[b] and all(
+                abs(self._level[x] - self._level[y]) == 1 for x, y in zip(self._vars[a], self._vars[b], strict=True))
+            self._interleaving[key] = found
+        return found
 
     def _equality(self, target: str, source: str) -> _Node:
         """``target = source`` for two interleaved fields (linear size), built once."""
@@ -1213,9 +1222,14 @@ class PacketSpace:
         return value(node) << lvl(node)
 
     def _project(self, node: _Node, name: str) -> _Node:
-        keep = set(self._vars[name])
-        others = [v for v in self._level if v not in keep]
-        return self._bdd.exist(others, node)
+        def others() -> list[str]:
+            keep = set(self._vars[name])
+            return [v for v in self._level if v not in keep]
+
+        if self.backend == "autoref":
+            return self._bdd.exist(others(), node)
+        # the cube of every other variable, once per field and number of variables
+        return self._bdd.apply("\\E", self._qcube(("project", name, len(self._level)), others), node)
 
     def _any_values(self, name: str) -> _Node:
         if name not in self._proj_any:
