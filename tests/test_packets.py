@@ -815,3 +815,21 @@ def test_equate_fields_is_equate_pair_after_pair(order: object) -> None:
     assert sp.equate_fields(base, []) == base
     picked = sp.equate_fields(base, pairs).pick()
     assert picked is not None and picked.orig_dst == picked.dst and picked.orig_dport == picked.dport
+
+
+@pytest.mark.skipif("oxidd" not in BACKENDS, reason="oxidd is not installed")
+def test_oxidd_collects_dead_nodes_instead_of_running_out() -> None:
+    # room for 40,000 nodes; the unions below make about a million and drop them
+    sp = PacketSpace(4, (), backend="oxidd", max_nodes=20_000)
+    pool = [sp.prefix("src", parse_prefix(f"10.{i}.{3 * i}.0/{20 + i % 5}", 4)) & sp.value("dport", 1000 + i)
+            for i in range(12)]
+    kept = sp.none()
+    for mask in range(1, 4096):
+        union = sp.none()
+        for i, part in enumerate(pool):
+            if mask >> i & 1:
+                union = union | part
+        if mask % 1000 == 0:
+            kept = kept | union
+    assert sp._bdd.capacity == 40_000
+    assert kept == pool[3] | pool[5] | pool[6] | pool[7] | pool[8] | pool[9] | pool[10] | pool[11] | pool[4]

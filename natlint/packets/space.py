@@ -540,6 +540,9 @@ class PacketSpace:
     def check_budget(self) -> None:
         """Raise :class:`BudgetExceeded` when the space is over its budget."""
         nodes = self._live_nodes()
+        if self.backend == "oxidd" and self.max_nodes is not None and nodes > self.max_nodes:
+            self.collect_garbage()  # oxidd's count includes dead nodes until a collection
+            nodes = self._gc_nodes
         if self.max_nodes is not None and nodes > self.max_nodes:
             raise BudgetExceeded(
                 f"the packet-set analysis needs more than {self.max_nodes} BDD nodes",
