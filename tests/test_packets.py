@@ -819,7 +819,7 @@ def test_equate_fields_is_equate_pair_after_pair(order: object) -> None:
 
 @pytest.mark.skipif("oxidd" not in BACKENDS, reason="oxidd is not installed")
 def test_oxidd_collects_dead_nodes_instead_of_running_out() -> None:
-    # room for 40,000 nodes; the unions below make about a million and drop them
+    # room for 40,000 nodes; the unions below make hundreds of thousands and drop them
     sp = PacketSpace(4, (), backend="oxidd", max_nodes=20_000)
     pool = [sp.prefix("src", parse_prefix(f"10.{i}.{3 * i}.0/{20 + i % 5}", 4)) & sp.value("dport", 1000 + i)
             for i in range(12)]
