@@ -833,3 +833,18 @@ def test_oxidd_collects_dead_nodes_instead_of_running_out() -> None:
             kept = kept | union
     assert sp._bdd.capacity == 40_000
     assert kept == pool[3] | pool[5] | pool[6] | pool[7] | pool[8] | pool[9] | pool[10] | pool[11] | pool[4]
+
+
+def test_copy_fields_is_copy_pair_after_pair() -> None:
+    # the default order (orig_* interleaved with their fields): copying an unconstrained
+    # address is exponential in ORDER_SEPARATE, with copy() as with copy_fields()
+    sp = PacketSpace(4, ())
+    base = (sp.prefix("dst", parse_prefix("10.0.0.0/30", 4)) & sp.value("orig_dst", "192.0.2.7")
+            & sp.opaque("depends on orig_dst", depends=("orig_dst",))) | (sp.value("sport", 7) & sp.opaque("any"))
+    pairs = [("orig_dst", "dst"), ("orig_sport", "sport")]
+    assert sp.copy_fields(base, pairs) == sp.copy(sp.copy(base, "orig_dst", "dst"), "orig_sport", "sport")
+    back = [("dst", "orig_dst"), ("sport", "orig_sport")]
+    assert sp.copy_fields(base, back) == sp.copy(sp.copy(base, "dst", "orig_dst"), "sport", "orig_sport")
+    assert sp.copy_fields(base, []) == base
+    with pytest.raises(ValueError, match="a target is also a source"):
+        sp.copy_fields(base, [("orig_dst", "dst"), ("dst", "src")])

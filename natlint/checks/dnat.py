@@ -282,12 +282,10 @@ def chain_paths(table: Table, hooks: tuple[str, ...], limit: int = 8) -> dict[st
 def _rewrite(sp: PacketSpace, host: HostModel, rule: Rule, hook: str, packets: PacketSet
              ) -> tuple[PacketSet, tuple[str, ...]]:
     from natlint.netfilter import nat
+    from natlint.netfilter.engine import ORIG_PAIRS
 
     assert rule.target is not None
-    # conntrack records the original tuple: orig_X := X for the four fields (one ∃ and one
-    # conjunction, the same set as four copy() calls)
-    fields = ("src", "dst", "sport", "dport")
-    with_orig = sp.equate_fields(sp.forget(packets, *(f"orig_{f}" for f in fields)), [(f"orig_{f}", f) for f in fields])
+    with_orig = sp.copy_fields(packets, ORIG_PAIRS)  # conntrack records the original tuple
     options = {o.name: o for o in rule.target.options}
     out = sp.none()
     reasons: list[str] = []

@@ -127,9 +127,7 @@ def _iif(sp: Any, name: str | None) -> Any:
 
 def _before_nat(sp: Any, packets: Any, fields: Sequence[str] = _TUPLE) -> Any:
     """The packets with these tuple fields put back to their conntrack original values."""
-    for name in fields:
-        packets = sp.copy(packets, name, f"orig_{name}")
-    return packets
+    return sp.copy_fields(packets, [(name, f"orig_{name}") for name in fields])
 
 
 def _proto_name(number: int) -> str:

@@ -32,7 +32,7 @@ from natlint.model.values import Prefix
 if TYPE_CHECKING:
     from natlint.host.model import RouteDecision
 
-__all__ = ["Engine", "Outcome", "Step", "Delivery", "BranchBudgetExceeded", "uses_conntrack"]
+__all__ = ["Engine", "Outcome", "Step", "Delivery", "BranchBudgetExceeded", "ORIG_PAIRS", "uses_conntrack"]
 
 Verdict = Literal["ACCEPT", "DROP", "REJECT", "QUEUE", "UNKNOWN"]
 Hook = Literal["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"]
@@ -854,6 +854,8 @@ def _merge_outcomes(outcomes: list[Outcome]) -> list[Outcome]:
 
 
 _TUPLE = frozenset({"src", "dst", "sport", "dport"})
+# The conntrack original tuple: (orig_X, X) for each field of the tuple.
+ORIG_PAIRS: tuple[tuple[str, str], ...] = tuple((f"orig_{f}", f) for f in ("src", "dst", "sport", "dport"))
 
 
 def _rewritten_by(target: str, hook: str) -> frozenset[str]:
@@ -875,8 +877,7 @@ def _materialize(sp: object, packets: object, fields: frozenset[str]) -> object:
     new = packets & new_set  # type: ignore[operator]
     if new.is_empty():  # type: ignore[attr-defined]
         return packets
-    pairs = [(f"orig_{f}", f) for f in ("src", "dst", "sport", "dport") if f in fields]
-    recorded = sp.equate_fields(new, pairs)  # type: ignore[attr-defined]
+    recorded = sp.equate_fields(new, [(o, f) for o, f in ORIG_PAIRS if f in fields])  # type: ignore[attr-defined]
     if new == packets:  # all NEW (the nat table sees nothing else): nothing to add back
         return recorded
     return recorded | (packets - new_set)  # type: ignore[operator]
@@ -886,9 +887,7 @@ def _conntrack_new(sp: object, packets: object) -> object:
     """Conntrack records the original tuple of a new connection before any NAT."""
     new = packets & sp.ctstate(["NEW"])  # type: ignore[attr-defined, operator]
     rest = packets - sp.ctstate(["NEW"])  # type: ignore[attr-defined, operator]
-    for field_name in ("src", "dst", "sport", "dport"):
-        new = sp.copy(new, f"orig_{field_name}", field_name)  # type: ignore[attr-defined]
-    return new | rest  # type: ignore[operator]
+    return sp.copy_fields(new, ORIG_PAIRS) | rest  # type: ignore[attr-defined]
 
 
 def _connmark_branch(sp: object, options: Mapping[str, object], b: _Branch, step: Step) -> _Branch:

@@ -1078,6 +1078,17 @@ class PacketSpace:
         interleaved in the order (the default for these pairs)."""
         return self._equal_fields(packets, target, source, forget_target=True)
 
+    def copy_fields(self, packets: PacketSet, pairs: Sequence[tuple[str, str]]) -> PacketSet:
+        """:meth:`copy` for several (target, source) pairs, no target being a source: one ∃ of
+        the targets and one conjunction of equalities (the conntrack original tuple of a new
+        connection, ``orig_X := X``) instead of a pass per field and per step."""
+        pairs = [(t, s) for t, s in pairs if t != s]
+        if any(t in {src for _, src in pairs} for t, _ in pairs):
+            raise ValueError("copy_fields: a target is also a source")
+        if not pairs:
+            return packets
+        return self.equate_fields(self.forget(packets, *(t for t, _ in pairs)), pairs)
+
     def tests_field(self, packets: PacketSet, name: str) -> bool:
         """Whether the set says anything about the field beyond the validity constraint
         (``∃field.S ≠ S``; opaque predicates are not quantified)."""
@@ -1161,14 +1172,12 @@ class PacketSpace:
             return packets
 
         def build() -> _Node:
-            bdd = self._bdd
-            pairs = list(zip(self._vars[target], self._vars[source], strict=True))
             node = self._revalidate(self._exist(packets.node, [target]), (target,)) if forget_target else packets.node
-            if all(abs(self._level[t] - self._level[s]) == 1 for t, s in pairs):
-                # interleaved: the whole equality is linear, one conjunction
+            if self._interleaved(target, source):  # the whole equality is linear, one conjunction
                 return node & self._equality(target, source)
             # apart in the order: the equality alone is exponential, constrain bit by bit
-            for t, s in pairs:
+            bdd = self._bdd
+            for t, s in zip(self._vars[target], self._vars[source], strict=True):
                 node = node & bdd.ite(bdd.var(t), bdd.var(s), ~bdd.var(s))
             return node
 
