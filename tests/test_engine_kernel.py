@@ -66,6 +66,7 @@ from hypothesis import strategies as st
 from kernel_harness import KernelLab, Probe, ProbeResult, Topology
 
 from natlint.host import HostModel, infer, read_host_file, to_kernelcheck_topology
+from natlint.host.model import IfAddress
 from natlint.model.ruleset import Ruleset
 from natlint.model.values import PortRange
 from natlint.netfilter.engine import Engine, Outcome
@@ -533,12 +534,21 @@ def _host_model(case: Case, ruleset: Ruleset) -> HostModel:
 
 
 def _as_built(host: HostModel, topo: Mapping[str, Any]) -> HostModel:
-    """natlint's host less the routes the lab cannot build (to_kernelcheck_topology leaves out
-    the default route and routes through devices it does not create: see its notes)."""
+    """natlint's host as the lab builds it: less the routes the lab cannot build
+    (to_kernelcheck_topology leaves out the default route and routes through devices it does
+    not create: see its notes), plus the addresses a fixture's ``# lab:`` line adds to the
+    host (``extra_addrs``: the kernel delivers to them locally, so natlint must know them)."""
     kept = {(r["to"], r["via"]) for r in topo["host"]["routes"]}
     routes = tuple(r for r in host.routes
                    if r.via is not None and (str(r.dst), str(ipaddress.ip_address(r.via))) in kept)
-    return replace(host, routes=routes)
+    added: dict[str, list[IfAddress]] = {}
+    for extra in topo["host"].get("extra_addrs", ()):
+        added.setdefault(extra.get("dev") or topo["host"]["ext_if"], []).append(IfAddress.parse(extra["addr"]))
+    interfaces = tuple(
+        replace(i, addresses=i.addresses + tuple(
+            a for a in added.get(i.name, ()) if a.address not in {b.address for b in i.addresses}))
+        for i in host.interfaces)
+    return replace(host, routes=routes, interfaces=interfaces)
 
 
 def _topology(case: Case, host: HostModel) -> Topology:
