@@ -161,6 +161,12 @@ _OXIDD_COUNT_EVERY = 64
 # The fields the validity constraint tests (PacketSpace._build_valid).
 _VALID_FIELDS = frozenset({"iif", "oif", "ctstate", "ct_dnat", "ct_snat"})
 _OXIDD_GC_MIN = 1 << 22
+# Opaque variables are declared in blocks that double (at least this many at a time): the
+# cube of every opaque variable (``may()``/``must()``) covers the declared ones, used or not,
+# so it is rebuilt once per block instead of once per new predicate. With one rebuild per
+# predicate a kube-proxy dump with 20,000 statistic rules built 20,000 cubes of up to 20,000
+# nodes each, quadratic in time and live nodes (the check stopped at its node budget).
+_OPAQUE_BLOCK = 256
 
 
 class BudgetExceeded(RuntimeError):
@@ -457,6 +463,8 @@ class PacketSpace:
         self._base_vars: tuple[str, ...] = tuple(declared)
         self._level: dict[str, int] = {v: i for i, v in enumerate(declared)}
         self._opaque: dict[Hashable, _Opaque] = {}
+        self._opaque_declared = 0  # opaque_0 .. opaque_{n-1} exist in the manager (see _OPAQUE_BLOCK)
+        self._all_opaque: tuple[int, _Node] | None = None  # (declared, the cube of them all)
         self._opaque_by_var: dict[str, _Opaque] = {}
         # Opaque variables a transform must forget: those depending on every field, and per
         # field those depending on it (append-only lists: their length is their version).
@@ -465,6 +473,7 @@ class PacketSpace:
         # Nodes rebuilt over and over otherwise (cubes of quantified variables, value cubes,
         # field equalities): the analysis of a big dump asks for the same ones thousands of times.
         self._qcubes: dict[tuple[object, ...], _Node] = {}
+        self._qcube_versions: dict[tuple[object, ...], tuple[object, ...]] = {}  # _forget_vars: latest key
         self._node_cache: dict[tuple[object, ...], _Node] = {}
         self._memo: dict[Hashable, PacketSet] = {}
         self._interleaving: dict[tuple[str, str], bool] = {}
@@ -854,9 +863,15 @@ class PacketSpace:
                 unique = f"{text} #{n}"
                 n += 1
             self._labels.add(unique)
-            var = f"opaque_{len(self._opaque)}"
-            self._bdd.declare(var)
-            self._level[var] = len(self._level)
+            index = len(self._opaque)
+            if index >= self._opaque_declared:
+                block = max(_OPAQUE_BLOCK, self._opaque_declared)
+                names = [f"opaque_{i}" for i in range(self._opaque_declared, self._opaque_declared + block)]
+                self._bdd.declare(*names)
+                for name in names:
+                    self._level[name] = len(self._level)
+                self._opaque_declared += block
+            var = f"opaque_{index}"
             deps = None if depends is None else frozenset(self._field(f) for f in depends)
             entry = _Opaque(key, var, unique, deps)
             self._opaque[key] = entry
@@ -940,7 +955,13 @@ class PacketSpace:
         if self.backend == "autoref":
             found = variables()
             return self._bdd.exist(found, node) if found else node
-        key = (names, extra, changed, len(self._opaque_any), tuple(len(self._opaque_on.get(n, ())) for n in changed))
+        base = (names, extra, changed)
+        key = (*base, len(self._opaque_any), tuple(len(self._opaque_on.get(n, ())) for n in changed))
+        older = self._qcube_versions.get(base)
+        if older != key:  # the opaque lists grew: the older cube is never asked for again
+            if older is not None:
+                self._qcubes.pop(older, None)
+            self._qcube_versions[base] = key
         cube = self._qcube(key, variables)
         if cube == self._true:
             return node
@@ -973,7 +994,10 @@ class PacketSpace:
                 return packets
             how = self._bdd.exist if quantifier == "\\E" else self._bdd.forall
             return self._guard(lambda: how(qvars, packets.node))
-        cube = self._qcube(("all-opaque", len(self._opaque)), lambda: [e.var for e in self._opaque.values()])
+        if self._all_opaque is None or self._all_opaque[0] != self._opaque_declared:
+            declared = [f"opaque_{i}" for i in range(self._opaque_declared)]
+            self._all_opaque = (self._opaque_declared, self._bdd.cube(dict.fromkeys(declared, True)))
+        cube = self._all_opaque[1]
         return self._guard(lambda: self._bdd.apply(quantifier, cube, packets.node))
 
     def forget(self, packets: PacketSet, *names: str) -> PacketSet:
