@@ -122,6 +122,16 @@ def test_inventory_lists_every_fired_dnat() -> None:
     assert all(e.hooks == ("PREROUTING",) for e in inv)
     assert inv.entries[0].addresses == (0xAC110002, 0xAC110002)
     assert not inv.silent
+    # what each DNAT makes of its connections (translated when asked for)
+    first = inv.entries[0]
+    after = first.rewritten["PREROUTING"].pick()
+    assert after is not None and str(after.dst) == "172.17.0.2" and after.dport == 80
+    assert str(after.orig_dst) == "198.51.100.1" and after.orig_dport == 8080 and after.iif == "eth0"
+    assert list(first.rewritten) == ["PREROUTING"] and len(first.rewritten) == 1
+    # fires are recorded for NAT rules only (the walk of a kube-proxy dump reaches tens of
+    # thousands of jumps)
+    walk = inv.walks["PREROUTING"]
+    assert {walk.rules[k].target.name for k in walk.fires} == {"DNAT"}  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize("path", sorted(REFERENCE.glob("*.rules")) if REFERENCE.is_dir() else [],

@@ -1,8 +1,8 @@
 """The nat table as packet classes: what each NAT rule rewrites, and what takes packets first.
 
 :func:`walk_nat` runs the nat table's built-in chain of one hook on the connections that
-reach it (state NEW: nat sees only a connection's first packet) and records, for every rule,
-the packets its target acted on (``fires``), what a terminal rule took away from the rest of
+reach it (state NEW: nat sees only a connection's first packet) and records, for every NAT
+rule, the packets its target acted on (``fires``), what a terminal rule took away from the rest of
 the table (``took``), and the order in which rules were first reached. It follows the
 kernel's chain semantics (``-j`` returns, ``-g`` does not, RETURN, MARK rewrites the mark for
 later rules) but applies no NAT rewriting: the sets are the packets *before* NAT, as the
@@ -46,6 +46,9 @@ Hook = Literal["PREROUTING", "OUTPUT", "POSTROUTING", "INPUT"]
 # Targets that end a packet's walk through the nat table.
 NAT_TERMINAL = frozenset({"ACCEPT", "DROP", "REJECT", "DNAT", "SNAT", "MASQUERADE", "REDIRECT", "NETMAP"})
 _DNAT_TARGETS = frozenset({"DNAT", "REDIRECT"})
+# The rules whose ``fires`` a walk records: only NAT rules' are asked for, and a set per rule
+# of a kube-proxy dump (tens of thousands of jumps) is millions of BDD nodes kept alive.
+_NAT_RULES = frozenset({"DNAT", "REDIRECT", "SNAT", "MASQUERADE", "NETMAP"})
 _MAX_DEPTH = 64
 # The conntrack original tuple and what else a DNATed packet keeps until it leaves the host:
 # a rewritten packet is identified by these (see DnatEntry.key).
@@ -58,7 +61,7 @@ class NatWalk:
 
     hook: str
     start: PacketSet
-    fires: dict[int, PacketSet] = field(default_factory=dict)  # id(rule) -> packets its target saw
+    fires: dict[int, PacketSet] = field(default_factory=dict)  # id(rule) -> packets its NAT target saw
     took: dict[int, PacketSet] = field(default_factory=dict)  # id(rule) -> packets it ended or returned
     order: dict[int, int] = field(default_factory=dict)  # id(rule) -> when the walk first reached it
     rules: dict[int, Rule] = field(default_factory=dict)
@@ -107,7 +110,8 @@ class _Walker:
             hit = live if match.is_all() else live & match
             if hit.is_empty():
                 continue
-            self._add(r.fires, rule, hit)
+            if rule.target is not None and rule.target.name in _NAT_RULES:
+                self._add(r.fires, rule, hit)
             if compiled.approximate:  # type: ignore[attr-defined]
                 r.approximate[id(rule)] = compiled.reasons  # type: ignore[attr-defined]
             target = rule.target
@@ -214,7 +218,9 @@ class DnatEntry:
     """One DNAT/REDIRECT rule and what it does.
 
     ``fires[hook]``: the new connections it rewrites (before NAT) on that hook's path;
-    ``rewritten[hook]``: the same connections after it (``orig_*`` hold the original tuple);
+    ``rewritten[hook]``: the same connections after it (``orig_*`` hold the original tuple),
+    computed when asked for (kept for every DNAT of a kube-proxy dump they were millions of
+    live BDD nodes);
     ``key[hook]``: ``rewritten`` reduced to the fields a packet keeps until it leaves the host
     (input interface, protocol, original tuple, new destination), to recognise its packets
     in the engine's outcomes. ``addresses``/``ports``: the target range (None: unchanged, or
@@ -295,6 +301,26 @@ def _rewrite(sp: PacketSpace, host: HostModel, rule: Rule, hook: str, packets: P
     return out, tuple(reasons)
 
 
+class _Rewritten(Mapping[str, "PacketSet"]):
+    """``DnatEntry.rewritten``: what the rule makes of the connections it fires on, per hook,
+    translated anew on each access."""
+
+    def __init__(self, sp: PacketSpace, host: HostModel, rule: Rule, fires: Mapping[str, PacketSet]) -> None:
+        self._sp = sp
+        self._host = host
+        self._rule = rule
+        self._fires = fires
+
+    def __getitem__(self, hook: str) -> PacketSet:
+        return _rewrite(self._sp, self._host, self._rule, hook, self._fires[hook])[0]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._fires)
+
+    def __len__(self) -> int:
+        return len(self._fires)
+
+
 def _target_range(rule: Rule) -> tuple[tuple[int, int] | None, PortRange | None]:
     assert rule.target is not None
     opt = rule.target.option("to_destination") or rule.target.option("to")
@@ -341,7 +367,6 @@ def _build_inventory(ctx: CheckContext) -> DnatInventory:
             if rule.target is None or rule.target.name not in _DNAT_TARGETS or chain.name not in paths:
                 continue
             fires: dict[str, PacketSet] = {}
-            rewritten: dict[str, PacketSet] = {}
             keys: dict[str, PacketSet] = {}
             reasons: list[str] = []
             for hook, w in walks.items():
@@ -350,7 +375,6 @@ def _build_inventory(ctx: CheckContext) -> DnatInventory:
                     continue
                 fires[hook] = hit
                 out, why = _rewrite(sp, ctx.host, rule, hook, hit)
-                rewritten[hook] = out
                 keys[hook] = sp.forget(out, *drop_fields).may()
                 reasons.extend(r for r in why + w.approximate.get(id(rule), ()) if r not in reasons)
             chain_path = tuple(paths.get(chain.name, ()))
@@ -358,6 +382,7 @@ def _build_inventory(ctx: CheckContext) -> DnatInventory:
                 silent.append((rule, chain_path))
                 continue
             addresses, ports = _target_range(rule)
+            rewritten = _Rewritten(sp, ctx.host, rule, fires)
             entries.append(DnatEntry(rule, chain_path, fires, rewritten, keys, addresses, ports, tuple(reasons)))
     return DnatInventory(entries, walks, silent)
 
