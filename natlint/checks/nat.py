@@ -239,8 +239,10 @@ def _unreachable(ctx: CheckContext, inventory: DnatInventory) -> Iterator[Findin
     # Only what some DNAT rewrites is classified (all traffic at once costs far more).
     # (the walk's sets carry the marks nat rules set on the way, e.g. KUBE-MARK-MASQ: forget
     # them, the engine starts from unmarked packets and sets them itself)
-    fired = {hook: sp.forget(union_all([e.fires[hook] for e in inventory if hook in e.fires] or [sp.none()]),  # type: ignore[arg-type]
-                             "mark", "connmark")
+    # (∃ distributes over ∪: forgetting the marks of each part first keeps the union small; a
+    # kube-proxy hairpin mark ties each endpoint's source to its service: a path per endpoint)
+    fired = {hook: union_all([sp.forget(e.fires[hook], "mark", "connmark")  # type: ignore[misc]
+                              for e in inventory if hook in e.fires] or [sp.none()])
              for hook in ("PREROUTING", "OUTPUT")}
     if not fired["PREROUTING"].is_empty():  # type: ignore[attr-defined]
         start = _arriving_query(ctx, plain) & fired["PREROUTING"]  # type: ignore[operator]
