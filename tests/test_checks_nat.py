@@ -9,7 +9,7 @@ import pytest
 import natlint
 from natlint import synth
 from natlint.checks import CheckContext, nat
-from natlint.checks.dnat import dnat_inventory
+from natlint.checks.dnat import dnat_inventory, full_walk
 from natlint.findings import Finding
 from natlint.host.model import HostModel, IfAddress, Interface, Route, cidr
 
@@ -117,7 +117,8 @@ def test_nl309_inferred_and_given_host() -> None:
 
 def test_inventory_lists_every_fired_dnat() -> None:
     ruleset = natlint.load(FIXTURES / "nl302_ok_statistic_balance.rules")
-    inv = dnat_inventory(CheckContext(ruleset))
+    ctx = CheckContext(ruleset)
+    inv = dnat_inventory(ctx)
     assert [e.rule.pos.line for e in inv] == [10, 11, 12]
     assert all(e.hooks == ("PREROUTING",) for e in inv)
     assert inv.entries[0].addresses == (0xAC110002, 0xAC110002)
@@ -132,6 +133,12 @@ def test_inventory_lists_every_fired_dnat() -> None:
     # thousands of jumps)
     walk = inv.walks["PREROUTING"]
     assert {walk.rules[k].target.name for k in walk.fires} == {"DNAT"}  # type: ignore[union-attr]
+    # ... without what the rules took: the shadowing analysis walks again when it needs that
+    assert walk.took == {}
+    full = full_walk(ctx, inv, "PREROUTING")
+    assert full is not None and len(full.took) == 3 and full_walk(ctx, inv, "PREROUTING") is full
+    output = full_walk(ctx, inv, "OUTPUT")
+    assert output is not None and output.took == {}  # an empty OUTPUT chain
 
 
 @pytest.mark.parametrize("path", sorted(REFERENCE.glob("*.rules")) if REFERENCE.is_dir() else [],

@@ -17,7 +17,7 @@ what they become and the target endpoint. Other checks (exposure, NL305-NL308) m
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
@@ -36,6 +36,7 @@ __all__ = [
     "NatWalk",
     "arriving_start",
     "dnat_inventory",
+    "full_walk",
     "local_start",
     "postrouting_start",
     "routed",
@@ -61,8 +62,10 @@ class NatWalk:
 
     hook: str
     start: PacketSet
-    fires: dict[int, PacketSet] = field(default_factory=dict)  # id(rule) -> packets its NAT target saw
-    took: dict[int, PacketSet] = field(default_factory=dict)  # id(rule) -> packets it ended or returned
+    # id(rule) -> packets its NAT target saw (marks forgotten when walked with marks=False)
+    fires: dict[int, PacketSet] = field(default_factory=dict)
+    # id(rule) -> packets it ended or returned (empty when walked with took=False)
+    took: dict[int, PacketSet] = field(default_factory=dict)
     order: dict[int, int] = field(default_factory=dict)  # id(rule) -> when the walk first reached it
     rules: dict[int, Rule] = field(default_factory=dict)
     approximate: dict[int, tuple[str, ...]] = field(default_factory=dict)  # id(rule) -> reasons
@@ -72,8 +75,11 @@ class NatWalk:
 
 
 class _Walker:
-    def __init__(self, ctx: CheckContext, table: Table, hook: str, start: PacketSet) -> None:
+    def __init__(self, ctx: CheckContext, table: Table, hook: str, start: PacketSet, *, took: bool = True,
+                 marks: bool = True) -> None:
         self.ctx = ctx
+        self.took = took
+        self.marks = marks
         self.engine = ctx.engine
         self.sp: PacketSpace = ctx.engine.space  # type: ignore[assignment]
         self.table = table
@@ -93,6 +99,10 @@ class _Walker:
         seen = store.get(key)
         store[key] = packets if seen is None else seen | packets
 
+    def _unmarked(self, packets: PacketSet) -> PacketSet:
+        marks = [f for f in ("mark", "connmark") if f in self.sp.fields]
+        return self.sp.forget(packets, *marks) if marks else packets
+
     def run(self, chain: Chain, live: PacketSet, depth: int) -> PacketSet:
         """The packets that come back out of the chain (RETURN or its end)."""
         returned = self.sp.none()
@@ -111,7 +121,7 @@ class _Walker:
             if hit.is_empty():
                 continue
             if rule.target is not None and rule.target.name in _NAT_RULES:
-                self._add(r.fires, rule, hit)
+                self._add(r.fires, rule, hit if self.marks else self._unmarked(hit))
             if compiled.approximate:  # type: ignore[attr-defined]
                 r.approximate[id(rule)] = compiled.reasons  # type: ignore[attr-defined]
             target = rule.target
@@ -130,11 +140,13 @@ class _Walker:
                     live = (live - hit) | back
                 continue
             if name == "RETURN":
-                self._add(r.took, rule, hit)
+                if self.took:
+                    self._add(r.took, rule, hit)
                 returned = returned | hit
                 live = live - hit
             elif name in NAT_TERMINAL:
-                self._add(r.took, rule, hit)
+                if self.took:
+                    self._add(r.took, rule, hit)
                 live = live - hit
             elif name == "MARK":
                 from natlint.extensions.targets_mangle import mark_action
@@ -149,13 +161,19 @@ class _Walker:
         return returned | live
 
 
-def walk_nat(ctx: CheckContext, hook: str, start: PacketSet) -> NatWalk | None:
-    """Walk nat's built-in chain ``hook`` with ``start`` (None: no such chain)."""
+def walk_nat(ctx: CheckContext, hook: str, start: PacketSet, *, took: bool = True, marks: bool = True
+             ) -> NatWalk | None:
+    """Walk nat's built-in chain ``hook`` with ``start`` (None: no such chain).
+
+    ``took=False`` records no ``took`` sets, ``marks=False`` records ``fires`` with the marks
+    forgotten: what the DNAT inventory keeps for every DNAT of a dump (a kube-proxy hairpin
+    mark ties each endpoint's source to its service: a set per rule several times bigger).
+    """
     table = ctx.ruleset.tables.get("nat")
     chain = table.chains.get(hook) if table is not None else None
     if table is None or chain is None:
         return None
-    walker = _Walker(ctx, table, hook, start)
+    walker = _Walker(ctx, table, hook, start, took=took, marks=marks)
     walker.run(chain, start, 0)
     return walker.result
 
@@ -217,14 +235,16 @@ def routed(ctx: CheckContext) -> PacketSet:
 class DnatEntry:
     """One DNAT/REDIRECT rule and what it does.
 
-    ``fires[hook]``: the new connections it rewrites (before NAT) on that hook's path;
+    ``fires[hook]``: the new connections it rewrites (before NAT, marks forgotten) on that
+    hook's path;
     ``rewritten[hook]``: the same connections after it (``orig_*`` hold the original tuple),
     computed when asked for (kept for every DNAT of a kube-proxy dump they were millions of
     live BDD nodes);
     ``key[hook]``: ``rewritten`` reduced to the fields a packet keeps until it leaves the host
     (input interface, protocol, original tuple, new destination), to recognise its packets
-    in the engine's outcomes. ``addresses``/``ports``: the target range (None: unchanged, or
-    for REDIRECT the incoming interface's address).
+    in the engine's outcomes (computed when asked for, as ``rewritten``).
+    ``addresses``/``ports``: the target range (None: unchanged, or for REDIRECT the incoming
+    interface's address).
     """
 
     rule: Rule
@@ -251,14 +271,27 @@ class DnatEntry:
 
 @dataclass
 class DnatInventory:
-    """Every DNAT/REDIRECT rule nat PREROUTING/OUTPUT reaches, and the walks that found them."""
+    """Every DNAT/REDIRECT rule nat PREROUTING/OUTPUT reaches, and the walks that found them
+    (``walks``: fires only, marks forgotten; :func:`full_walk` has what the rules took)."""
 
     entries: list[DnatEntry]
     walks: dict[str, NatWalk]
     silent: list[tuple[Rule, tuple[tuple[str, ...], ...]]]  # reached by a path, fire on no packet
+    full: dict[str, NatWalk | None] = field(default_factory=dict)  # full_walk's, per hook
 
     def __iter__(self) -> Iterator[DnatEntry]:
         return iter(self.entries)
+
+
+_STARTS: dict[str, Callable[[CheckContext], PacketSet]] = {"PREROUTING": arriving_start, "OUTPUT": local_start}
+
+
+def full_walk(ctx: CheckContext, inventory: DnatInventory, hook: str) -> NatWalk | None:
+    """The walk of ``hook`` with everything recorded (``took``, marks): what the shadowing
+    analysis needs, walked again when first asked for (a clean dump never asks)."""
+    if hook not in inventory.full:
+        inventory.full[hook] = walk_nat(ctx, hook, _STARTS[hook](ctx)) if hook in inventory.walks else None
+    return inventory.full[hook]
 
 
 def chain_paths(table: Table, hooks: tuple[str, ...], limit: int = 8) -> dict[str, list[tuple[str, ...]]]:
@@ -303,16 +336,22 @@ def _rewrite(sp: PacketSpace, host: HostModel, rule: Rule, hook: str, packets: P
 
 class _Rewritten(Mapping[str, "PacketSet"]):
     """``DnatEntry.rewritten``: what the rule makes of the connections it fires on, per hook,
-    translated anew on each access."""
+    translated anew on each access (``keys``: reduced to the key fields, see DnatEntry.key)."""
 
-    def __init__(self, sp: PacketSpace, host: HostModel, rule: Rule, fires: Mapping[str, PacketSet]) -> None:
+    def __init__(self, sp: PacketSpace, host: HostModel, rule: Rule, fires: Mapping[str, PacketSet],
+                 keys: bool = False) -> None:
         self._sp = sp
         self._host = host
         self._rule = rule
         self._fires = fires
+        self._keys = keys
 
     def __getitem__(self, hook: str) -> PacketSet:
-        return _rewrite(self._sp, self._host, self._rule, hook, self._fires[hook])[0]
+        out = _rewrite(self._sp, self._host, self._rule, hook, self._fires[hook])[0]
+        if not self._keys:
+            return out
+        keep = set(_KEY_FIELDS)
+        return self._sp.forget(out, *(f for f in self._sp.fields if f not in keep)).may()
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._fires)
@@ -353,13 +392,11 @@ def _build_inventory(ctx: CheckContext) -> DnatInventory:
         return DnatInventory([], {}, [])
     sp: PacketSpace = ctx.engine.space  # type: ignore[assignment]
     walks: dict[str, NatWalk] = {}
-    for hook, start in (("PREROUTING", arriving_start), ("OUTPUT", local_start)):
-        walked = walk_nat(ctx, hook, start(ctx))
+    for hook, start in _STARTS.items():
+        walked = walk_nat(ctx, hook, start(ctx), took=False, marks=False)
         if walked is not None:
             walks[hook] = walked
     paths = chain_paths(table, ("PREROUTING", "OUTPUT"))
-    keep = set(_KEY_FIELDS)
-    drop_fields = [f for f in sp.fields if f not in keep]  # type: ignore[attr-defined]
     entries: list[DnatEntry] = []
     silent: list[tuple[Rule, tuple[tuple[str, ...], ...]]] = []
     for chain in table:
@@ -367,15 +404,13 @@ def _build_inventory(ctx: CheckContext) -> DnatInventory:
             if rule.target is None or rule.target.name not in _DNAT_TARGETS or chain.name not in paths:
                 continue
             fires: dict[str, PacketSet] = {}
-            keys: dict[str, PacketSet] = {}
             reasons: list[str] = []
             for hook, w in walks.items():
                 hit = w.fired(rule)
                 if hit is None or hit.is_empty():
                     continue
                 fires[hook] = hit
-                out, why = _rewrite(sp, ctx.host, rule, hook, hit)
-                keys[hook] = sp.forget(out, *drop_fields).may()
+                why = _rewrite(sp, ctx.host, rule, hook, hit)[1]
                 reasons.extend(r for r in why + w.approximate.get(id(rule), ()) if r not in reasons)
             chain_path = tuple(paths.get(chain.name, ()))
             if not fires:
@@ -383,6 +418,7 @@ def _build_inventory(ctx: CheckContext) -> DnatInventory:
                 continue
             addresses, ports = _target_range(rule)
             rewritten = _Rewritten(sp, ctx.host, rule, fires)
+            keys = _Rewritten(sp, ctx.host, rule, fires, keys=True)
             entries.append(DnatEntry(rule, chain_path, fires, rewritten, keys, addresses, ports, tuple(reasons)))
     return DnatInventory(entries, walks, silent)
 

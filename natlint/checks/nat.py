@@ -33,6 +33,7 @@ from natlint.checks.dnat import (
     DnatInventory,
     NatWalk,
     dnat_inventory,
+    full_walk,
     postrouting_start,
     potential,
     takers,
@@ -406,7 +407,7 @@ def _fix_hint(step: Step, to: str, after: Packet | None) -> str:
 def _shadowed_dnat(ctx: CheckContext, inventory: DnatInventory) -> Iterator[Finding]:
     for rule, _paths in inventory.silent:
         for hook in ("PREROUTING", "OUTPUT"):
-            walk = inventory.walks.get(hook)
+            walk = full_walk(ctx, inventory, hook)
             if walk is None:
                 continue
             finding = _never_fires(ctx, walk, rule, "NL302", "warning")
