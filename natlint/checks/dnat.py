@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from natlint.packets.space import PacketSet, PacketSpace
 
 __all__ = [
+    "KEY_FIELDS",
     "NAT_TERMINAL",
     "DnatEntry",
     "DnatInventory",
@@ -53,7 +54,7 @@ _NAT_RULES = frozenset({"DNAT", "REDIRECT", "SNAT", "MASQUERADE", "NETMAP"})
 _MAX_DEPTH = 64
 # The conntrack original tuple and what else a DNATed packet keeps until it leaves the host:
 # a rewritten packet is identified by these (see DnatEntry.key).
-_KEY_FIELDS = ("iif", "proto", "orig_src", "orig_dst", "orig_sport", "orig_dport", "dst", "dport")
+KEY_FIELDS = ("iif", "proto", "orig_src", "orig_dst", "orig_sport", "orig_dport", "dst", "dport")
 
 
 @dataclass
@@ -350,7 +351,7 @@ class _Rewritten(Mapping[str, "PacketSet"]):
         out = _rewrite(self._sp, self._host, self._rule, hook, self._fires[hook])[0]
         if not self._keys:
             return out
-        keep = set(_KEY_FIELDS)
+        keep = set(KEY_FIELDS)
         return self._sp.forget(out, *(f for f in self._sp.fields if f not in keep)).may()
 
     def __iter__(self) -> Iterator[str]:

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 from natlint.checks.context import CheckContext
 from natlint.checks.dnat import (
+    KEY_FIELDS,
     DnatEntry,
     DnatInventory,
     NatWalk,
@@ -218,10 +219,15 @@ class _Fates:
 
 
 def _fates(sp: PacketSpace, outcomes: list[Outcome]) -> _Fates:
+    """The outcomes' packets by fate, reduced to the fields of DnatEntry.key: what NL301 tests
+    them with (the rest, e.g. a kube-proxy hairpin mark tied to each endpoint's source, would
+    make each union several times bigger)."""
+    keep = set(KEY_FIELDS)
+    others = [f for f in sp.fields if f not in keep]
     delivered, dead, unknown = sp.none(), sp.none(), sp.none()
     reasons: list[tuple[PacketSet, tuple[str, ...]]] = []
     for o in outcomes:
-        packets: PacketSet = o.packets  # type: ignore[assignment]
+        packets: PacketSet = sp.forget(o.packets, *others)  # type: ignore[arg-type]
         if o.verdict == "ACCEPT":
             delivered = delivered | packets
         elif o.verdict in _DEAD:
@@ -237,13 +243,10 @@ def _unreachable(ctx: CheckContext, inventory: DnatInventory) -> Iterator[Findin
     sp = _space(ctx)
     plain = _plain_engine(ctx)
     fates: dict[str, _Fates] = {}
-    # Only what some DNAT rewrites is classified (all traffic at once costs far more).
-    # (the walk's sets carry the marks nat rules set on the way, e.g. KUBE-MARK-MASQ: forget
-    # them, the engine starts from unmarked packets and sets them itself)
-    # (∃ distributes over ∪: forgetting the marks of each part first keeps the union small; a
-    # kube-proxy hairpin mark ties each endpoint's source to its service: a path per endpoint)
-    fired = {hook: union_all([sp.forget(e.fires[hook], "mark", "connmark")  # type: ignore[misc]
-                              for e in inventory if hook in e.fires] or [sp.none()])
+    # Only what some DNAT rewrites is classified (all traffic at once costs far more). The
+    # inventory's fires have the marks nat rules set on the way (KUBE-MARK-MASQ) forgotten:
+    # the engine starts from unmarked packets and sets them itself.
+    fired = {hook: union_all([e.fires[hook] for e in inventory if hook in e.fires] or [sp.none()])  # type: ignore[misc]
              for hook in ("PREROUTING", "OUTPUT")}
     if not fired["PREROUTING"].is_empty():  # type: ignore[attr-defined]
         start = _arriving_query(ctx, plain) & fired["PREROUTING"]  # type: ignore[operator]
