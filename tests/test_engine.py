@@ -574,3 +574,19 @@ def test_space_memo_builds_a_set_once() -> None:
 
     assert sp.memo(("test", 1), build) is sp.memo(("test", 1), build)  # type: ignore[arg-type]
     assert len(calls) == 1 and sp.memo(("test", 1), build) == sp.value("dport", 80)  # type: ignore[arg-type]
+
+
+def test_a_trace_compiles_only_the_rules_on_its_way() -> None:
+    # whether some rule tests the input interface (one run then serves every interface) is
+    # read from the -i rules alone: a trace on a 100k-rule kube-proxy dump compiled them all
+    chains = "".join(f":C{i} - [0:0]\n" for i in range(50))
+    rules = "".join(f"-A C{i} -p udp --dport {1000 + i} -j DROP\n" for i in range(50))
+    dump = ("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n" + chains
+            + "-A INPUT -p udp -j C0\n-A FORWARD -i eth0 -p tcp --dport 25 -j DROP\n" + rules + "COMMIT\n")
+    ruleset = read(dump, "<test>", 4)
+    engine = Engine(ruleset, HOST)
+    out = one(trace(ruleset, HOST, TraceQuery(dst="198.51.100.1", dport="22", **OUTSIDE_TCP), engine=engine))
+    assert out.verdict == "ACCEPT" and out.delivered is not None and out.delivered.to == "local"
+    total = sum(1 for _ in ruleset.rules())
+    assert len(engine._compiled) <= 3 < total  # INPUT's jump, the -i rule, maybe C0's rule
+    assert engine._no_iif_dependence() is False  # the -i rule was compiled and read

@@ -456,7 +456,11 @@ class Engine:
         return _assemble(restrict(pre), groups)
 
     def _no_iif_dependence(self) -> bool:
-        """No rule tests the input interface and no target uses it (REDIRECT)."""
+        """No rule tests the input interface and no target uses it (REDIRECT).
+
+        Only ``-i`` tests it (matches that depend on the interface, such as addrtype's
+        ``--limit-iface-in``, are opaque predicates, not tests of iif): the other rules are not
+        compiled for this (a trace on a kube-proxy dump would compile 100k rules)."""
         if self._iif_free is None:
             sp = self.space
             free = True
@@ -464,6 +468,8 @@ class Engine:
                 if rule.target is not None and rule.target.name == "REDIRECT":
                     free = False
                     break
+                if rule.in_interface is None:
+                    continue
                 match_set = self.compiled(rule).set  # type: ignore[attr-defined]
                 if sp.tests_field(match_set, "iif"):  # type: ignore[attr-defined]
                     free = False
