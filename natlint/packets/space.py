@@ -464,7 +464,6 @@ class PacketSpace:
         self._level: dict[str, int] = {v: i for i, v in enumerate(declared)}
         self._opaque: dict[Hashable, _Opaque] = {}
         self._opaque_declared = 0  # opaque_0 .. opaque_{n-1} exist in the manager (see _OPAQUE_BLOCK)
-        self._all_opaque: tuple[int, _Node] | None = None  # (declared, the cube of them all)
         self._opaque_by_var: dict[str, _Opaque] = {}
         # Opaque variables a transform must forget: those depending on every field, and per
         # field those depending on it (append-only lists: their length is their version).
@@ -473,7 +472,7 @@ class PacketSpace:
         # Nodes rebuilt over and over otherwise (cubes of quantified variables, value cubes,
         # field equalities): the analysis of a big dump asks for the same ones thousands of times.
         self._qcubes: dict[tuple[object, ...], _Node] = {}
-        self._qcube_versions: dict[tuple[object, ...], tuple[object, ...]] = {}  # _forget_vars: latest key
+        self._qcube_versions: dict[tuple[object, ...], Hashable] = {}  # _qcube: the newest version per key
         self._node_cache: dict[tuple[object, ...], _Node] = {}
         self._memo: dict[Hashable, PacketSet] = {}
         self._interleaving: dict[tuple[str, str], bool] = {}
@@ -955,21 +954,28 @@ class PacketSpace:
         if self.backend == "autoref":
             found = variables()
             return self._bdd.exist(found, node) if found else node
-        base = (names, extra, changed)
-        key = (*base, len(self._opaque_any), tuple(len(self._opaque_on.get(n, ())) for n in changed))
-        older = self._qcube_versions.get(base)
-        if older != key:  # the opaque lists grew: the older cube is never asked for again
-            if older is not None:
-                self._qcubes.pop(older, None)
-            self._qcube_versions[base] = key
-        cube = self._qcube(key, variables)
+        version = (len(self._opaque_any), tuple(len(self._opaque_on.get(n, ())) for n in changed))
+        cube = self._qcube((names, extra, changed), variables, version)
         if cube == self._true:
             return node
         return self._bdd.apply("\\E", cube, node)
 
-    def _qcube(self, key: tuple[object, ...], variables: Callable[[], list[str]]) -> _Node:
-        """The positive cube of variables to quantify, built once per key (CUDD only: dd's
-        ``exist`` rebuilds the cube from names, over every variable of the manager, each call)."""
+    def _qcube(self, key: tuple[object, ...], variables: Callable[[], list[str]], version: Hashable = None) -> _Node:
+        """The positive cube of variables to quantify, built once per key (CUDD and oxidd: dd's
+        ``exist`` on CUDD rebuilds the cube from names, over every variable of the manager,
+        each call).
+
+        ``version``: what the variables depend on that only grows (the opaque lists, the
+        declared variables); only the newest version's cube is kept, the older ones are never
+        asked for again (thousands of versions of cubes over thousands of opaque variables
+        were quadratic in live nodes on kube-proxy dumps)."""
+        if version is not None:
+            older = self._qcube_versions.get(key)
+            if older != version:
+                if older is not None:
+                    self._qcubes.pop((key, older), None)
+                self._qcube_versions[key] = version
+            key = (key, version)
         cube = self._qcubes.get(key)
         if cube is None:
             cube = self._bdd.cube(dict.fromkeys(variables(), True))
@@ -984,8 +990,9 @@ class PacketSpace:
         return self._bdd.apply("\\E", self._qcube(("vars", tuple(variables)), lambda: variables), node)
 
     def _over_opaque(self, packets: PacketSet, quantifier: str) -> PacketSet:
-        """∃ (``\\E``) or ∀ (``\\A``) every opaque predicate. The cube of all of them is built once
-        per version of the list: no support() walk (a Python walk over every node on oxidd)."""
+        """∃ (``\\E``) or ∀ (``\\A``) every opaque predicate, with the cube of every declared opaque
+        variable, used or not (rebuilt once per block of them, see _OPAQUE_BLOCK): no support()
+        walk (a Python walk over every node on oxidd)."""
         if not self._opaque:
             return packets
         if self.backend == "autoref":
@@ -994,10 +1001,8 @@ class PacketSpace:
                 return packets
             how = self._bdd.exist if quantifier == "\\E" else self._bdd.forall
             return self._guard(lambda: how(qvars, packets.node))
-        if self._all_opaque is None or self._all_opaque[0] != self._opaque_declared:
-            declared = [f"opaque_{i}" for i in range(self._opaque_declared)]
-            self._all_opaque = (self._opaque_declared, self._bdd.cube(dict.fromkeys(declared, True)))
-        cube = self._all_opaque[1]
+        cube = self._qcube(("all-opaque",), lambda: [f"opaque_{i}" for i in range(self._opaque_declared)],
+                           self._opaque_declared)
         return self._guard(lambda: self._bdd.apply(quantifier, cube, packets.node))
 
     def forget(self, packets: PacketSet, *names: str) -> PacketSet:
@@ -1268,7 +1273,7 @@ class PacketSpace:
         if self.backend == "autoref":
             return self._bdd.exist(others(), node)
         # the cube of every other variable, once per field and number of variables
-        return self._bdd.apply("\\E", self._qcube(("project", name, len(self._level)), others), node)
+        return self._bdd.apply("\\E", self._qcube(("project", name), others, len(self._level)), node)
 
     def _any_values(self, name: str) -> _Node:
         if name not in self._proj_any:
