@@ -30,7 +30,6 @@ if TYPE_CHECKING:
     from natlint.packets.space import PacketSet, PacketSpace
 
 __all__ = [
-    "KEY_FIELDS",
     "NAT_TERMINAL",
     "DnatEntry",
     "DnatInventory",
@@ -38,6 +37,7 @@ __all__ = [
     "arriving_start",
     "dnat_inventory",
     "full_walk",
+    "key_fields_of",
     "local_start",
     "postrouting_start",
     "routed",
@@ -54,7 +54,7 @@ _NAT_RULES = frozenset({"DNAT", "REDIRECT", "SNAT", "MASQUERADE", "NETMAP"})
 _MAX_DEPTH = 64
 # The conntrack original tuple and what else a DNATed packet keeps until it leaves the host:
 # a rewritten packet is identified by these (see DnatEntry.key).
-KEY_FIELDS = ("iif", "proto", "orig_src", "orig_dst", "orig_sport", "orig_dport", "dst", "dport")
+_KEY_FIELDS = ("iif", "proto", "orig_src", "orig_dst", "orig_sport", "orig_dport", "dst", "dport")
 
 
 @dataclass
@@ -243,7 +243,7 @@ class DnatEntry:
     live BDD nodes);
     ``key[hook]``: ``rewritten`` reduced to the fields a packet keeps until it leaves the host
     (input interface, protocol, original tuple, new destination), to recognise its packets
-    in the engine's outcomes (computed when asked for, as ``rewritten``).
+    in the engine's outcomes.
     ``addresses``/``ports``: the target range (None: unchanged, or for REDIRECT the incoming
     interface's address).
     """
@@ -335,24 +335,24 @@ def _rewrite(sp: PacketSpace, host: HostModel, rule: Rule, hook: str, packets: P
     return out, tuple(reasons)
 
 
+def key_fields_of(sp: PacketSpace, packets: PacketSet) -> PacketSet:
+    """``packets`` reduced to :data:`_KEY_FIELDS` (the other fields forgotten)."""
+    keep = set(_KEY_FIELDS)
+    return sp.forget(packets, *(f for f in sp.fields if f not in keep))
+
+
 class _Rewritten(Mapping[str, "PacketSet"]):
     """``DnatEntry.rewritten``: what the rule makes of the connections it fires on, per hook,
-    translated anew on each access (``keys``: reduced to the key fields, see DnatEntry.key)."""
+    translated anew on each access."""
 
-    def __init__(self, sp: PacketSpace, host: HostModel, rule: Rule, fires: Mapping[str, PacketSet],
-                 keys: bool = False) -> None:
+    def __init__(self, sp: PacketSpace, host: HostModel, rule: Rule, fires: Mapping[str, PacketSet]) -> None:
         self._sp = sp
         self._host = host
         self._rule = rule
         self._fires = fires
-        self._keys = keys
 
     def __getitem__(self, hook: str) -> PacketSet:
-        out = _rewrite(self._sp, self._host, self._rule, hook, self._fires[hook])[0]
-        if not self._keys:
-            return out
-        keep = set(KEY_FIELDS)
-        return self._sp.forget(out, *(f for f in self._sp.fields if f not in keep)).may()
+        return _rewrite(self._sp, self._host, self._rule, hook, self._fires[hook])[0]
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._fires)
@@ -405,13 +405,15 @@ def _build_inventory(ctx: CheckContext) -> DnatInventory:
             if rule.target is None or rule.target.name not in _DNAT_TARGETS or chain.name not in paths:
                 continue
             fires: dict[str, PacketSet] = {}
+            keys: dict[str, PacketSet] = {}
             reasons: list[str] = []
             for hook, w in walks.items():
                 hit = w.fired(rule)
                 if hit is None or hit.is_empty():
                     continue
                 fires[hook] = hit
-                why = _rewrite(sp, ctx.host, rule, hook, hit)[1]
+                out, why = _rewrite(sp, ctx.host, rule, hook, hit)
+                keys[hook] = key_fields_of(sp, out).may()
                 reasons.extend(r for r in why + w.approximate.get(id(rule), ()) if r not in reasons)
             chain_path = tuple(paths.get(chain.name, ()))
             if not fires:
@@ -419,7 +421,6 @@ def _build_inventory(ctx: CheckContext) -> DnatInventory:
                 continue
             addresses, ports = _target_range(rule)
             rewritten = _Rewritten(sp, ctx.host, rule, fires)
-            keys = _Rewritten(sp, ctx.host, rule, fires, keys=True)
             entries.append(DnatEntry(rule, chain_path, fires, rewritten, keys, addresses, ports, tuple(reasons)))
     return DnatInventory(entries, walks, silent)
 

@@ -29,12 +29,12 @@ from dataclasses import dataclass
 
 from natlint.checks.context import CheckContext
 from natlint.checks.dnat import (
-    KEY_FIELDS,
     DnatEntry,
     DnatInventory,
     NatWalk,
     dnat_inventory,
     full_walk,
+    key_fields_of,
     postrouting_start,
     potential,
     takers,
@@ -222,12 +222,10 @@ def _fates(sp: PacketSpace, outcomes: list[Outcome]) -> _Fates:
     """The outcomes' packets by fate, reduced to the fields of DnatEntry.key: what NL301 tests
     them with (the rest, e.g. a kube-proxy hairpin mark tied to each endpoint's source, would
     make each union several times bigger)."""
-    keep = set(KEY_FIELDS)
-    others = [f for f in sp.fields if f not in keep]
     delivered, dead, unknown = sp.none(), sp.none(), sp.none()
     reasons: list[tuple[PacketSet, tuple[str, ...]]] = []
     for o in outcomes:
-        packets: PacketSet = sp.forget(o.packets, *others)  # type: ignore[arg-type]
+        packets = key_fields_of(sp, o.packets)  # type: ignore[arg-type]
         if o.verdict == "ACCEPT":
             delivered = delivered | packets
         elif o.verdict in _DEAD:
