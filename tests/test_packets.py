@@ -914,3 +914,29 @@ def test_transform_cube_follows_new_predicates() -> None:
     assert sp.xmark(base & anything, "mark", 1, 1) == marked
     assert sp.assign(base & on_dst & anything, "dst", "192.0.2.1") == base & sp.value("dst", "192.0.2.1")
     assert sp.assign(base & on_mark, "dst", "192.0.2.1") == base & on_mark & sp.value("dst", "192.0.2.1")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_assign_fields_is_assign_field_after_field_and_records_in_the_same_pass(backend: str) -> None:
+    # DNAT with one address and port: ∃(dst, dport, ct_dnat) and one conjunction, the
+    # validity constraint folded into the values (ct_dnat is tested by it), the conntrack
+    # original tuple recorded in the same pass (and-exists on oxidd).
+    sp = PacketSpace(4, IFACES, backend=backend)
+    vip = parse_prefix("10.96.0.0/24", 4)
+    sets = [
+        sp.prefix("dst", vip) & sp.value("proto", 6) & sp.range("dport", 80, 90) & sp.opaque(("statistic", 1)),
+        (sp.value("dst", "10.96.0.1") & sp.ctstate(["NEW"]) & sp.opaque("on dst", depends=("dst",)))
+        | (sp.value("sport", 7) & sp.ctstate(["INVALID", "UNTRACKED"])),
+        sp.all(),
+        sp.none(),
+    ]
+    values = {"dst": "10.244.1.5", "dport": 8080, "ct_dnat": True}
+    pairs = [("orig_dst", "dst"), ("orig_dport", "dport")]
+    for s in sets:
+        one_by_one = sp.assign(sp.assign(sp.assign(s, "dst", "10.244.1.5"), "dport", 8080), "ct_dnat", True)
+        assert sp.assign_fields(s, values) == one_by_one
+        assert sp.assign_fields(s, values, record=pairs) == sp.assign_fields(sp.equate_fields(s, pairs), values)
+    # untracked packets cannot carry a NAT flag: the validity constraint still holds
+    untracked = sp.ctstate(["UNTRACKED"])
+    assert sp.assign_fields(untracked, values).is_empty()
+    assert sp.assign_fields(untracked, values, record=pairs).is_empty()

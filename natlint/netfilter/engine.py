@@ -185,6 +185,7 @@ class Engine:
         self._shared: tuple[object, _Parts] | None = None
         self._routes: list[tuple[object, RouteDecision]] | None = None
         self._branches = 0
+        self._all_new = False  # while _hook runs the nat table: every packet is NEW
 
     # ---- compiled rules -------------------------------------------------------------------
     def compiled(self, rule: Rule) -> object:
@@ -307,9 +308,16 @@ class Engine:
         if name == "REJECT":
             stopped.append((b.extend(b.packets, step), "REJECT"))
         elif name in nat.NAT_TARGETS:
-            if b.lazy:  # conntrack keeps the original tuple: record it before rewriting it
-                b = self._settle(b, b.lazy & _rewritten_by(name, hook))
-            for packets, verdict, reasons in nat.apply(sp, self.host, name, options, hook, b.packets):
+            # conntrack keeps the original tuple: record it before rewriting it (every packet
+            # of the nat table is NEW: in the rewrite's own pass)
+            record = b.lazy & _rewritten_by(name, hook)
+            pairs: tuple[tuple[str, str], ...] = ()
+            if record and self._all_new:
+                pairs = tuple((o, f) for o, f in ORIG_PAIRS if f in record)
+                b = _Branch(b.packets, b.steps, b.reasons, b.lazy - record)
+            elif record:
+                b = self._settle(b, record)
+            for packets, verdict, reasons in nat.apply(sp, self.host, name, options, hook, b.packets, record=pairs):
                 stopped.append((b.extend(packets, step, reasons), verdict))
         elif name == "MARK":
             from natlint.extensions.targets_mangle import mark_action
@@ -366,8 +374,14 @@ class Engine:
         found = self._orig_reads.get(key)
         if found is None:
             sp = self.space
-            found = frozenset(f for f in _TUPLE if f"orig_{f}" in sp.fields  # type: ignore[attr-defined]
-                              and sp.tests_variables(match_set, sp.variables(f"orig_{f}")))  # type: ignore[attr-defined]
+            fields = [f for f in _TUPLE if f"orig_{f}" in sp.fields]  # type: ignore[attr-defined]
+            # one test for the whole tuple first: almost no rule reads it
+            every = [v for f in fields for v in sp.variables(f"orig_{f}")]  # type: ignore[attr-defined]
+            if not every or not sp.tests_variables(match_set, every):  # type: ignore[attr-defined]
+                found = frozenset()
+            else:
+                found = frozenset(f for f in fields
+                                  if sp.tests_variables(match_set, sp.variables(f"orig_{f}")))  # type: ignore[attr-defined]
             self._orig_reads[key] = found
         return found
 
@@ -375,7 +389,8 @@ class Engine:
         """Record orig_X = X for these lazy fields of the branch's NEW packets."""
         if not fields:
             return b
-        return _Branch(_materialize(self.space, b.packets, fields), b.steps, b.reasons, b.lazy - fields)
+        return _Branch(_materialize(self.space, b.packets, fields, all_new=self._all_new), b.steps, b.reasons,
+                       b.lazy - fields)
 
     def _final(self, b: _Branch) -> object:
         """The branch's packets with the whole original tuple recorded (an outcome's set)."""
@@ -791,7 +806,11 @@ class Engine:
                 passing = [b.with_packets(b.packets - new_set) for b in branches]  # type: ignore[operator]
                 todo = [b for b in todo if not b.packets.is_empty()]  # type: ignore[attr-defined]
                 passing = [b for b in passing if not b.packets.is_empty()]  # type: ignore[attr-defined]
-                result = self.run_table(table, hook, todo)
+                self._all_new = True  # nat sees a connection's first packet only
+                try:
+                    result = self.run_table(table, hook, todo)
+                finally:
+                    self._all_new = False
                 branches = self._merge(result.accepted + passing)
                 if after_nat is not None:
                     branches = after_nat(branches, outcomes)
@@ -875,10 +894,13 @@ def _rewritten_by(target: str, hook: str) -> frozenset[str]:
     return _TUPLE
 
 
-def _materialize(sp: object, packets: object, fields: frozenset[str]) -> object:
-    """orig_X := X for the NEW packets of a set whose orig_X are untested (lazy)."""
+def _materialize(sp: object, packets: object, fields: frozenset[str], *, all_new: bool = False) -> object:
+    """orig_X := X for the NEW packets of a set whose orig_X are untested (lazy).
+    ``all_new``: the caller knows every packet of the set is NEW (the nat table)."""
     if not fields:
         return packets
+    if all_new:
+        return sp.equate_fields(packets, [(o, f) for o, f in ORIG_PAIRS if f in fields])  # type: ignore[attr-defined]
     new_set = sp.ctstate(["NEW"])  # type: ignore[attr-defined]
     new = packets & new_set  # type: ignore[operator]
     if new.is_empty():  # type: ignore[attr-defined]

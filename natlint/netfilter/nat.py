@@ -27,7 +27,7 @@ The conntrack virtual states DNAT/SNAT become true for the rewritten packets.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 from natlint.model.ruleset import Option
@@ -53,14 +53,23 @@ def _range_of(options: Mapping[str, Option], *names: str) -> object | None:
     return None
 
 
-def apply(sp: object, host: object, target: str, options: Mapping[str, Option], hook: str, packets: object) -> Result:
+def apply(sp: object, host: object, target: str, options: Mapping[str, Option], hook: str, packets: object, *,
+          record: Sequence[tuple[str, str]] = ()) -> Result:
+    """What the NAT target makes of the packets: (packets, verdict, reasons) parts.
+
+    ``record``: (orig_X, X) pairs of the conntrack original tuple to record (equate) before
+    the rewrite, for a set of NEW packets whose tuple is still implicit; with one address
+    and port, in the same pass as the rewrite.
+    """
     rand = "random" in options or "random_fully" in options
     if target in ("DNAT", "SNAT"):
         nat_range = _range_of(options, "to_destination" if target == "DNAT" else "to_source", "to")
         fields = ("dst", "dport", "ct_dnat") if target == "DNAT" else ("src", "sport", "ct_snat")
         fixed = _fixed_mapping(nat_range, fields, rand)
         if fixed is not None:  # one address (and one port): a single ∃ and ∧
-            return [(sp.assign_fields(packets, fixed), "ACCEPT", ())]  # type: ignore[attr-defined]
+            return [(sp.assign_fields(packets, fixed, record=record), "ACCEPT", ())]  # type: ignore[attr-defined]
+    if record:
+        packets = sp.equate_fields(packets, record)  # type: ignore[attr-defined]
     if target == "DNAT":
         nat_range = _range_of(options, "to_destination", "to")
         out, reasons = _map(sp, packets, nat_range, "dst", "dport", rand)

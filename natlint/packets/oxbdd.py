@@ -24,6 +24,9 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import oxidd.bcdd as _ox
+from oxidd.util import BooleanOperator
+
+_AND = BooleanOperator.AND
 
 __all__ = ["OxBDD", "OxNode"]
 
@@ -146,6 +149,10 @@ class OxBDD:
     # ---- operations --------------------------------------------------------------------
     def exist(self, names: Iterable[str], node: OxNode) -> OxNode:
         return OxNode(self, node.f.exists(self._positive_cube(names)))
+
+    def and_exists(self, u: OxNode, v: OxNode, cube: OxNode) -> OxNode:
+        """``∃ cube. u ∧ v`` in one pass (the cube: a positive conjunction of variables)."""
+        return OxNode(self, u.f.apply_exists(_AND, v.f, cube.f))
 
     def forall(self, names: Iterable[str], node: OxNode) -> OxNode:
         return OxNode(self, node.f.forall(self._positive_cube(names)))

@@ -944,12 +944,14 @@ class PacketSpace:
         names = tuple(names)
         return self._forget_vars(node, names, tuple(extra), names)
 
-    def _forget_vars(self, node: _Node, names: tuple[str, ...], extra: tuple[str, ...], changed: tuple[str, ...]
-                     ) -> _Node:
+    def _forget_vars(self, node: _Node, names: tuple[str, ...], extra: tuple[str, ...], changed: tuple[str, ...],
+                     conjoin: _Node | None = None) -> _Node:
         """∃ (the fields ``names``, the variables ``extra``, the opaque variables depending on
-        the fields ``changed``). The cube is built once per key: the opaque lists only grow,
-        so their lengths say which version of them a cube holds (a kube-proxy dump has
+        the fields ``changed``) of ``node``, or of ``node ∧ conjoin`` in one pass (oxidd's
+        and-exists). The cube is built once per key and version (a kube-proxy dump has
         thousands of statistic predicates: no list of them is built per operation)."""
+        if conjoin is not None and self.backend != "oxidd":
+            node, conjoin = node & conjoin, None
         if self.backend == "autoref":
             found = self._vars_of(names) + list(extra) + self._dependent_opaque(changed)
             return self._bdd.exist(found, node) if found else node
@@ -966,6 +968,8 @@ class PacketSpace:
         # kube-proxy dump: half of the engine's time at 1,000 services.
         version = (self._opaque_declared, self._opaque_restricted)
         cube = self._qcube((names, extra, changed), variables, version)
+        if conjoin is not None:
+            return self._bdd.and_exists(node, conjoin, cube)  # type: ignore[union-attr]
         if cube == self._true:
             return node
         return self._bdd.apply("\\E", cube, node)
@@ -1037,17 +1041,27 @@ class PacketSpace:
         self._own(packets)
         name = self._field(name)
         number = self.encode(name, value)
-        return self._guard(lambda: self._revalidate(self._exist(packets.node, [name]) & self._value_node(name, number),
-                                                    (name,)))
+        if name not in _VALID_FIELDS:
+            return self._guard(lambda: self._exist(packets.node, [name]) & self._value_node(name, number))
+        # valid ∧ value as one constant node: one conjunction with the big set instead of two
+        valid_value = self._cached(("valid-value", name, number), lambda: self._valid & self._value_node(name, number))
+        return self._guard(lambda: self._exist(packets.node, [name]) & valid_value)
 
-    def assign_fields(self, packets: PacketSet, values: Mapping[str, object]) -> PacketSet:
+    def assign_fields(self, packets: PacketSet, values: Mapping[str, object], *,
+                      record: Sequence[tuple[str, str]] = ()) -> PacketSet:
         """Several fields := values at once: ``∃fields.S ∧ field1 = v1 ∧ ...`` (one ∃, one ∧).
 
         The same set as :meth:`assign` field after field when at most the last of them is
         tested by the validity constraint (iif, oif, ctstate, ct_dnat, ct_snat), e.g. DNAT's
         dst, dport then ct_dnat.
+
+        ``record``: (target, source) pairs to :meth:`equate_fields` first, in the same pass
+        when the pairs are interleaved in the order (the conntrack original tuple of a new
+        connection, recorded just before NAT rewrites it).
         """
         self._own(packets)
+        if record and not all(self._interleaved(self._field(t), self._field(s)) for t, s in record if t != s):
+            packets, record = self.equate_fields(packets, record), ()
         names = [self._field(n) for n in values]
         numbers = [self.encode(name, value) for name, value in zip(names, values.values(), strict=True)]
         if any(not 0 <= n < (1 << self.widths[name]) for name, n in zip(names, numbers, strict=True)):
@@ -1061,8 +1075,15 @@ class PacketSpace:
                     bits[var] = bool(number >> (width - 1 - i) & 1)
             return self._bdd.cube(bits)
 
-        values_cube = self._cached(("values", tuple(names), tuple(numbers)), cube)
-        return self._guard(lambda: self._revalidate(self._exist(packets.node, names) & values_cube, names))
+        # valid ∧ values as one constant node when the validity constraint tests a field set
+        # here (ct_dnat, ct_snat): one conjunction with the big set instead of two
+        revalidate = not _VALID_FIELDS.isdisjoint(names)
+        values_cube = self._cached(("values", tuple(names), tuple(numbers), revalidate),
+                                   lambda: self._valid & cube() if revalidate else cube())
+        pairs = [(self._field(t), self._field(s)) for t, s in record if t != s]
+        equal = self._equalities(pairs) if pairs else None
+        fields = tuple(names)
+        return self._guard(lambda: self._forget_vars(packets.node, fields, (), fields, equal) & values_cube)
 
     def assign_range(self, packets: PacketSet, name: str, lo: object, hi: object) -> PacketSet:
         """field := any value in [lo, hi]: ``∃field.S ∧ field ∈ [lo, hi]`` (NAT ranges)."""
@@ -1169,6 +1190,10 @@ class PacketSpace:
             for t, s in pairs:
                 packets = self.equate(packets, t, s)
             return packets
+        return self._guard(lambda: packets.node & self._equalities(pairs))
+
+    def _equalities(self, pairs: Sequence[tuple[str, str]]) -> _Node:
+        """``target1 = source1 ∧ ...`` for interleaved pairs of fields, built once."""
         key = tuple(sorted(pairs))
 
         def conjunction() -> _Node:
@@ -1177,7 +1202,7 @@ class PacketSpace:
                 node = node & self._equality(t, s)
             return node
 
-        return self._guard(lambda: packets.node & self._cached(("equal-all", key), conjunction))
+        return self._cached(("equal-all", key), conjunction)
 
     def _interleaved(self, a: str, b: str) -> bool:
         """Whether two fields have the same width and their bits alternate in the order."""
