@@ -115,7 +115,7 @@ class OxBDD:
         for index, name in zip(self._mgr.add_vars(len(new)), new, strict=True):
             self._index[name] = index
             self.names.append(name)
-            self._vars.append(self._mgr.var(index))
+            self._vars.append(None)  # its node is made on first use (blocks of opaque variables)
 
     @property
     def vars(self) -> set[str]:
@@ -125,14 +125,19 @@ class OxBDD:
         return self._index[name]
 
     def var(self, name: str) -> OxNode:
-        return OxNode(self, self._vars[self._index[name]])
+        return OxNode(self, self._var(self._index[name]))
+
+    def _var(self, index: int) -> Any:
+        found = self._vars[index]
+        if found is None:
+            found = self._vars[index] = self._mgr.var(index)
+        return found
 
     def cube(self, assignment: Mapping[str, bool]) -> OxNode:
         """The conjunction of the literals (built bottom-up: each step adds one node)."""
         f = self._mgr.true()
-        variables = self._vars
         for index in sorted((self._index[n] for n in assignment), reverse=True):
-            v = variables[index]
+            v = self._var(index)
             f = (v if assignment[self.names[index]] else ~v) & f
         return OxNode(self, f)
 
@@ -188,7 +193,7 @@ class OxBDD:
             if isinstance(value, bool):
                 pairs.append((index, self._mgr.true() if value else self._mgr.false()))
             elif isinstance(value, str):
-                pairs.append((index, self._vars[self._index[value]]))
+                pairs.append((index, self._var(self._index[value])))
             else:
                 pairs.append((index, value.f))
             key.append((index, value))

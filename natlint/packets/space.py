@@ -161,12 +161,16 @@ _OXIDD_COUNT_EVERY = 64
 # The fields the validity constraint tests (PacketSpace._build_valid).
 _VALID_FIELDS = frozenset({"iif", "oif", "ctstate", "ct_dnat", "ct_snat"})
 _OXIDD_GC_MIN = 1 << 22
-# Opaque variables are declared in blocks that double (at least this many at a time): the
-# cube of every opaque variable (``may()``/``must()``) covers the declared ones, used or not,
-# so it is rebuilt once per block instead of once per new predicate. With one rebuild per
-# predicate a kube-proxy dump with 20,000 statistic rules built 20,000 cubes of up to 20,000
-# nodes each, quadratic in time and live nodes (the check stopped at its node budget).
+# Opaque variables are declared in blocks at the bottom of the order: a first small one, then
+# one big enough for a kube-proxy dump's statistic rules (declaring costs about 0.7 us per
+# variable), then doubling. Each block is handed out from its bottom up, so that a new
+# predicate's variable sits above the older ones of its block: the cubes that quantify every
+# used opaque variable (may()/must(), what a transform forgets) grow by one node per new
+# predicate (see _growing_cube), and an ∃ on a set of the newest predicates does not step
+# through a cube of every older one to reach them (that was about 2 ms per MARK at the end
+# of a 5,000-service kube-proxy dump).
 _OPAQUE_BLOCK = 256
+_OPAQUE_BIG_BLOCK = 1 << 16
 
 
 class BudgetExceeded(RuntimeError):
@@ -465,15 +469,17 @@ class PacketSpace:
         self._opaque: dict[Hashable, _Opaque] = {}
         self._opaque_declared = 0  # opaque_0 .. opaque_{n-1} exist in the manager (see _OPAQUE_BLOCK)
         self._opaque_by_var: dict[str, _Opaque] = {}
-        # Opaque variables a transform must forget: those depending on every field, and per
-        # field those depending on it (append-only lists: their length is their version).
-        self._opaque_any: list[str] = []
-        self._opaque_on: dict[str, list[str]] = {}
-        self._opaque_restricted = 0  # predicates with a ``depends`` (in _opaque_on)
+        # Opaque variables by what a predicate depends on (None: every field): each class has
+        # its own variables, used or still free (see opaque()), so that the cube of what a
+        # transform forgets (every variable of the classes depending on a changed field) only
+        # changes when a class grows by a block, not with each predicate.
+        self._pools: dict[frozenset[str] | None, list[str]] = {}  # the used variables per class
+        self._used_opaque: list[str] = []  # every used opaque variable, in the order taken
+        self._free_opaque: list[str] = []  # declared, not yet used: pop() takes the bottom-most
+        self._grown: dict[tuple[object, ...], tuple[_Node, dict[object, int]]] = {}  # _growing_cube
         # Nodes rebuilt over and over otherwise (cubes of quantified variables, value cubes,
         # field equalities): the analysis of a big dump asks for the same ones thousands of times.
         self._qcubes: dict[tuple[object, ...], _Node] = {}
-        self._qcube_versions: dict[tuple[object, ...], Hashable] = {}  # _qcube: the newest version per key
         self._node_cache: dict[tuple[object, ...], _Node] = {}
         self._memo: dict[Hashable, PacketSet] = {}
         self._interleaving: dict[tuple[str, str], bool] = {}
@@ -863,27 +869,31 @@ class PacketSpace:
                 unique = f"{text} #{n}"
                 n += 1
             self._labels.add(unique)
-            index = len(self._opaque)
-            if index >= self._opaque_declared:
-                block = max(_OPAQUE_BLOCK, self._opaque_declared)
-                names = [f"opaque_{i}" for i in range(self._opaque_declared, self._opaque_declared + block)]
-                self._bdd.declare(*names)
-                for name in names:
-                    self._level[name] = len(self._level)
-                self._opaque_declared += block
-            var = f"opaque_{index}"
             deps = None if depends is None else frozenset(self._field(f) for f in depends)
+            var = self._take_variable(deps)
             entry = _Opaque(key, var, unique, deps)
             self._opaque[key] = entry
             self._opaque_by_var[var] = entry
-            if deps is None:
-                self._opaque_any.append(var)
-            else:
-                self._opaque_restricted += 1
-                for dep in deps:
-                    self._opaque_on.setdefault(dep, []).append(var)
         var_name = entry.var
         return self._guard(lambda: self._valid & self._bdd.var(var_name))
+
+    def _take_variable(self, deps: frozenset[str] | None) -> str:
+        """A new opaque variable for a predicate of the class ``deps``: the bottom-most free
+        one of the newest block (see _OPAQUE_BLOCK)."""
+        if not self._free_opaque:
+            declared = self._opaque_declared
+            big = _OPAQUE_BIG_BLOCK if self.backend == "oxidd" else _OPAQUE_BLOCK  # CUDD slows down per variable
+            block = _OPAQUE_BLOCK if declared == 0 else max(big, declared)
+            names = [f"opaque_{i}" for i in range(declared, declared + block)]
+            self._bdd.declare(*names)
+            for name in names:
+                self._level[name] = len(self._level)
+            self._opaque_declared += block
+            self._free_opaque = names
+        var = self._free_opaque.pop()
+        self._pools.setdefault(deps, []).append(var)
+        self._used_opaque.append(var)
+        return var
 
     def packet(self, packet: Packet | None = None, /, **fields: object) -> PacketSet:
         """The set holding one concrete packet (opaque predicates not given stay free).
@@ -932,12 +942,37 @@ class PacketSpace:
             return node
         return self._valid & node
 
+    def _dependent_classes(self, names: Iterable[str]) -> list[frozenset[str] | None]:
+        """The classes of opaque variables a transform of these fields must forget."""
+        changed = frozenset(names)
+        return [deps for deps in self._pools if deps is None or deps & changed]
+
     def _dependent_opaque(self, names: Iterable[str]) -> list[str]:
         """The opaque variables a transform of these fields must forget."""
-        found = list(self._opaque_any)
-        for name in names:
-            found.extend(self._opaque_on.get(name, ()))
-        return found
+        return [v for deps in self._dependent_classes(names) for v in self._pools[deps]]
+
+    def _growing_cube(self, key: tuple[object, ...], base: Callable[[], list[str]],
+                      classes: Iterable[frozenset[str] | str | None]) -> _Node:
+        """The positive cube of ``base()`` and of the used opaque variables of ``classes`` (a
+        class of _pools, or "*" for all), kept per key and extended by what the classes
+        gained since the last call: one conjunction with the new variables, which sit above
+        the older ones of their block (see _take_variable), instead of a cube rebuilt over
+        thousands of variables for each new predicate."""
+        entry = self._grown.get(key)
+        if entry is None:
+            entry = (self._bdd.cube(dict.fromkeys(base(), True)), {})
+        cube, seen = entry
+        added: list[str] = []
+        for cls in classes:
+            used = self._used_opaque if cls == "*" else self._pools.get(cls, [])  # type: ignore[arg-type]
+            known = seen.get(cls, 0)
+            if known < len(used):
+                added.extend(used[known:])
+                seen[cls] = len(used)
+        if added:
+            cube = cube & self._bdd.cube(dict.fromkeys(added, True))
+        self._grown[key] = (cube, seen)
+        return cube
 
     def _exist(self, node: _Node, names: Iterable[str], extra: Iterable[str] = ()) -> _Node:
         """∃ the fields, the extra variables and the opaque variables depending on the fields."""
@@ -956,40 +991,20 @@ class PacketSpace:
             found = self._vars_of(names) + list(extra) + self._dependent_opaque(changed)
             return self._bdd.exist(found, node) if found else node
 
-        def variables() -> list[str]:
-            # and the declared opaque variables no predicate uses yet: no set tests them, and
-            # a predicate that takes one later and depends on every field belongs in the cube
-            unused = [f"opaque_{i}" for i in range(len(self._opaque), self._opaque_declared)]
-            return self._vars_of(names) + list(extra) + self._dependent_opaque(changed) + unused
-
-        # Rebuilt only when a block of opaque variables is declared or a predicate that does
-        # not depend on every field takes one (it may not belong in the cube). Versioned by
-        # the number of predicates, it was rebuilt for every new statistic rule of a
-        # kube-proxy dump: half of the engine's time at 1,000 services.
-        version = (self._opaque_declared, self._opaque_restricted)
-        cube = self._qcube((names, extra, changed), variables, version)
+        # Grown by each new predicate to forget, not rebuilt: rebuilt for every new statistic
+        # rule of a kube-proxy dump, it was half of the engine's time at 1,000 services.
+        cube = self._growing_cube(("forget", names, extra, changed), lambda: self._vars_of(names) + list(extra),
+                                  self._dependent_classes(changed))
         if conjoin is not None:
             return self._bdd.and_exists(node, conjoin, cube)  # type: ignore[union-attr]
         if cube == self._true:
             return node
         return self._bdd.apply("\\E", cube, node)
 
-    def _qcube(self, key: tuple[object, ...], variables: Callable[[], list[str]], version: Hashable = None) -> _Node:
+    def _qcube(self, key: tuple[object, ...], variables: Callable[[], list[str]]) -> _Node:
         """The positive cube of variables to quantify, built once per key (CUDD and oxidd: dd's
         ``exist`` on CUDD rebuilds the cube from names, over every variable of the manager,
-        each call).
-
-        ``version``: what the variables depend on that only grows (the opaque lists, the
-        declared variables); only the newest version's cube is kept, the older ones are never
-        asked for again (thousands of versions of cubes over thousands of opaque variables
-        were quadratic in live nodes on kube-proxy dumps)."""
-        if version is not None:
-            older = self._qcube_versions.get(key)
-            if older != version:
-                if older is not None:
-                    self._qcubes.pop((key, older), None)
-                self._qcube_versions[key] = version
-            key = (key, version)
+        each call). Cubes over opaque variables, which only grow: _growing_cube."""
         cube = self._qcubes.get(key)
         if cube is None:
             cube = self._bdd.cube(dict.fromkeys(variables(), True))
@@ -1004,9 +1019,9 @@ class PacketSpace:
         return self._bdd.apply("\\E", self._qcube(("vars", tuple(variables)), lambda: variables), node)
 
     def _over_opaque(self, packets: PacketSet, quantifier: str) -> PacketSet:
-        """∃ (``\\E``) or ∀ (``\\A``) every opaque predicate, with the cube of every declared opaque
-        variable, used or not (rebuilt once per block of them, see _OPAQUE_BLOCK): no support()
-        walk (a Python walk over every node on oxidd)."""
+        """∃ (``\\E``) or ∀ (``\\A``) every opaque predicate, with the cube of every used opaque
+        variable (grown with each new one, see _growing_cube): no support() walk (a Python walk
+        over every node on oxidd)."""
         if not self._opaque:
             return packets
         if self.backend == "autoref":
@@ -1015,8 +1030,7 @@ class PacketSpace:
                 return packets
             how = self._bdd.exist if quantifier == "\\E" else self._bdd.forall
             return self._guard(lambda: how(qvars, packets.node))
-        cube = self._qcube(("all-opaque",), lambda: [f"opaque_{i}" for i in range(self._opaque_declared)],
-                           self._opaque_declared)
+        cube = self._growing_cube(("all-opaque",), list, ["*"])
         return self._guard(lambda: self._bdd.apply(quantifier, cube, packets.node))
 
     def forget(self, packets: PacketSet, *names: str) -> PacketSet:
@@ -1303,12 +1317,12 @@ class PacketSpace:
     def _project(self, node: _Node, name: str) -> _Node:
         def others() -> list[str]:
             keep = set(self._vars[name])
-            return [v for v in self._level if v not in keep]
+            return [v for v in self._base_vars if v not in keep]
 
         if self.backend == "autoref":
-            return self._bdd.exist(others(), node)
-        # the cube of every other variable, once per field and number of variables
-        return self._bdd.apply("\\E", self._qcube(("project", name), others, len(self._level)), node)
+            return self._bdd.exist(others() + self._used_opaque, node)
+        # the cube of every other variable, grown with the opaque ones
+        return self._bdd.apply("\\E", self._growing_cube(("project", name), others, ["*"]), node)
 
     def _any_values(self, name: str) -> _Node:
         if name not in self._proj_any:
