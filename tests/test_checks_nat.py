@@ -9,7 +9,7 @@ import pytest
 import natlint
 from natlint import synth
 from natlint.checks import CheckContext, nat
-from natlint.checks.dnat import dnat_inventory, full_walk
+from natlint.checks.dnat import dnat_inventory, full_walk, key_fields_of
 from natlint.findings import Finding
 from natlint.host.model import HostModel, IfAddress, Interface, Route, cidr
 
@@ -139,6 +139,27 @@ def test_inventory_lists_every_fired_dnat() -> None:
     assert full is not None and len(full.took) == 3 and full_walk(ctx, inv, "PREROUTING") is full
     output = full_walk(ctx, inv, "OUTPUT")
     assert output is not None and output.took == {}  # an empty OUTPUT chain
+    # fires are what may reach the DNAT: the statistic predicates on the way are forgotten
+    # (each endpoint's set was its own copy of the service's), so are the marks
+    assert all(e.fires["PREROUTING"] == e.fires["PREROUTING"].may() for e in inv)
+    assert inv.entries[0].fires["PREROUTING"] == inv.entries[1].fires["PREROUTING"]
+    # a DNAT to one address and port reports nothing when translated: its keys are made
+    # when asked for, not kept
+    key = first.key["PREROUTING"]
+    assert not isinstance(first.key, dict) and list(first.key) == ["PREROUTING"]
+    sp = ctx.engine.space
+    assert key == key_fields_of(sp, first.rewritten["PREROUTING"]).may()  # type: ignore[arg-type]
+
+
+def test_inventory_keeps_the_keys_of_a_range_dnat_with_its_reasons() -> None:
+    ruleset = natlint.load(
+        "*nat\n:PREROUTING ACCEPT [0:0]\n"
+        "-A PREROUTING -i eth0 -p tcp --dport 8080 -j DNAT --to-destination 172.17.0.2-172.17.0.4:80\nCOMMIT\n")
+    inv = dnat_inventory(CheckContext(ruleset))
+    entry = inv.entries[0]
+    assert isinstance(entry.key, dict) and entry.reasons  # translated once, for its reasons
+    after = entry.key["PREROUTING"].pick()
+    assert after is not None and after.dport == 80 and after.orig_dport == 8080
 
 
 @pytest.mark.parametrize("path", sorted(REFERENCE.glob("*.rules")) if REFERENCE.is_dir() else [],

@@ -63,7 +63,8 @@ class NatWalk:
 
     hook: str
     start: PacketSet
-    # id(rule) -> packets its NAT target saw (marks forgotten when walked with marks=False)
+    # id(rule) -> packets its NAT target saw (marks and opaque predicates forgotten when walked
+    # with exact=False)
     fires: dict[int, PacketSet] = field(default_factory=dict)
     # id(rule) -> packets it ended or returned (empty when walked with took=False)
     took: dict[int, PacketSet] = field(default_factory=dict)
@@ -77,10 +78,10 @@ class NatWalk:
 
 class _Walker:
     def __init__(self, ctx: CheckContext, table: Table, hook: str, start: PacketSet, *, took: bool = True,
-                 marks: bool = True) -> None:
+                 exact: bool = True) -> None:
         self.ctx = ctx
         self.took = took
-        self.marks = marks
+        self.exact = exact
         self.engine = ctx.engine
         self.sp: PacketSpace = ctx.engine.space  # type: ignore[assignment]
         self.table = table
@@ -100,9 +101,12 @@ class _Walker:
         seen = store.get(key)
         store[key] = packets if seen is None else seen | packets
 
-    def _unmarked(self, packets: PacketSet) -> PacketSet:
+    def _reduced(self, packets: PacketSet) -> PacketSet:
+        """The packets with the marks and the opaque predicates forgotten: what may reach the
+        rule. Kept per DNAT of a dump, a statistic path per endpoint made each kube-proxy
+        endpoint's set a copy of its service's (the predicates sit below every field)."""
         marks = [f for f in ("mark", "connmark") if f in self.sp.fields]
-        return self.sp.forget(packets, *marks) if marks else packets
+        return (self.sp.forget(packets, *marks) if marks else packets).may()
 
     def run(self, chain: Chain, live: PacketSet, depth: int) -> PacketSet:
         """The packets that come back out of the chain (RETURN or its end)."""
@@ -122,7 +126,7 @@ class _Walker:
             if hit.is_empty():
                 continue
             if rule.target is not None and rule.target.name in _NAT_RULES:
-                self._add(r.fires, rule, hit if self.marks else self._unmarked(hit))
+                self._add(r.fires, rule, hit if self.exact else self._reduced(hit))
             if compiled.approximate:  # type: ignore[attr-defined]
                 r.approximate[id(rule)] = compiled.reasons  # type: ignore[attr-defined]
             target = rule.target
@@ -162,19 +166,21 @@ class _Walker:
         return returned | live
 
 
-def walk_nat(ctx: CheckContext, hook: str, start: PacketSet, *, took: bool = True, marks: bool = True
+def walk_nat(ctx: CheckContext, hook: str, start: PacketSet, *, took: bool = True, exact: bool = True
              ) -> NatWalk | None:
     """Walk nat's built-in chain ``hook`` with ``start`` (None: no such chain).
 
-    ``took=False`` records no ``took`` sets, ``marks=False`` records ``fires`` with the marks
-    forgotten: what the DNAT inventory keeps for every DNAT of a dump (a kube-proxy hairpin
-    mark ties each endpoint's source to its service: a set per rule several times bigger).
+    ``took=False`` records no ``took`` sets, ``exact=False`` records ``fires`` with the marks
+    and the opaque predicates forgotten (what may reach each NAT rule): what the DNAT
+    inventory keeps for every DNAT of a dump (a kube-proxy hairpin mark ties each endpoint's
+    source to its service, a statistic path each endpoint's set to its own copy of the
+    service's: sets several times bigger).
     """
     table = ctx.ruleset.tables.get("nat")
     chain = table.chains.get(hook) if table is not None else None
     if table is None or chain is None:
         return None
-    walker = _Walker(ctx, table, hook, start, took=took, marks=marks)
+    walker = _Walker(ctx, table, hook, start, took=took, exact=exact)
     walker.run(chain, start, 0)
     return walker.result
 
@@ -236,14 +242,15 @@ def routed(ctx: CheckContext) -> PacketSet:
 class DnatEntry:
     """One DNAT/REDIRECT rule and what it does.
 
-    ``fires[hook]``: the new connections it rewrites (before NAT, marks forgotten) on that
-    hook's path;
+    ``fires[hook]``: the new connections it may rewrite (before NAT, marks and opaque
+    predicates forgotten) on that hook's path;
     ``rewritten[hook]``: the same connections after it (``orig_*`` hold the original tuple),
     computed when asked for (kept for every DNAT of a kube-proxy dump they were millions of
     live BDD nodes);
     ``key[hook]``: ``rewritten`` reduced to the fields a packet keeps until it leaves the host
     (input interface, protocol, original tuple, new destination), to recognise its packets
-    in the engine's outcomes.
+    in the engine's outcomes (computed when asked for when the rule rewrites to one address
+    and port, and then not kept either).
     ``addresses``/``ports``: the target range (None: unchanged, or for REDIRECT the incoming
     interface's address).
     """
@@ -273,7 +280,8 @@ class DnatEntry:
 @dataclass
 class DnatInventory:
     """Every DNAT/REDIRECT rule nat PREROUTING/OUTPUT reaches, and the walks that found them
-    (``walks``: fires only, marks forgotten; :func:`full_walk` has what the rules took)."""
+    (``walks``: fires only, marks and opaque predicates forgotten; :func:`full_walk` has what
+    the rules took)."""
 
     entries: list[DnatEntry]
     walks: dict[str, NatWalk]
@@ -343,16 +351,19 @@ def key_fields_of(sp: PacketSpace, packets: PacketSet) -> PacketSet:
 
 class _Rewritten(Mapping[str, "PacketSet"]):
     """``DnatEntry.rewritten``: what the rule makes of the connections it fires on, per hook,
-    translated anew on each access."""
+    translated anew on each access (``keys``: reduced to the key fields, as ``DnatEntry.key``)."""
 
-    def __init__(self, sp: PacketSpace, host: HostModel, rule: Rule, fires: Mapping[str, PacketSet]) -> None:
+    def __init__(self, sp: PacketSpace, host: HostModel, rule: Rule, fires: Mapping[str, PacketSet], *,
+                 keys: bool = False) -> None:
         self._sp = sp
         self._host = host
         self._rule = rule
         self._fires = fires
+        self._keys = keys
 
     def __getitem__(self, hook: str) -> PacketSet:
-        return _rewrite(self._sp, self._host, self._rule, hook, self._fires[hook])[0]
+        out = _rewrite(self._sp, self._host, self._rule, hook, self._fires[hook])[0]
+        return key_fields_of(self._sp, out).may() if self._keys else out
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._fires)
@@ -387,6 +398,8 @@ def dnat_inventory(ctx: CheckContext) -> DnatInventory:
 
 
 def _build_inventory(ctx: CheckContext) -> DnatInventory:
+    from natlint.netfilter import nat
+
     ruleset: Ruleset = ctx.ruleset
     table = ruleset.tables.get("nat")
     if table is None:
@@ -394,7 +407,7 @@ def _build_inventory(ctx: CheckContext) -> DnatInventory:
     sp: PacketSpace = ctx.engine.space  # type: ignore[assignment]
     walks: dict[str, NatWalk] = {}
     for hook, start in _STARTS.items():
-        walked = walk_nat(ctx, hook, start(ctx), took=False, marks=False)
+        walked = walk_nat(ctx, hook, start(ctx), took=False, exact=False)
         if walked is not None:
             walks[hook] = walked
     paths = chain_paths(table, ("PREROUTING", "OUTPUT"))
@@ -407,13 +420,20 @@ def _build_inventory(ctx: CheckContext) -> DnatInventory:
             fires: dict[str, PacketSet] = {}
             keys: dict[str, PacketSet] = {}
             reasons: list[str] = []
+            # One address and port: the translation has nothing to report, so the keys are
+            # made when asked for (kept for the 27,500 DNATs of a 100k-rule kube-proxy dump
+            # they were most of the inventory's live nodes). Otherwise the translation is made
+            # once, for its reasons, and gives the keys.
+            fixed = nat.is_fixed(rule.target.name, {o.name: o for o in rule.target.options})
             for hook, w in walks.items():
                 hit = w.fired(rule)
                 if hit is None or hit.is_empty():
                     continue
                 fires[hook] = hit
-                out, why = _rewrite(sp, ctx.host, rule, hook, hit)
-                keys[hook] = key_fields_of(sp, out).may()
+                why: tuple[str, ...] = ()
+                if not fixed:
+                    out, why = _rewrite(sp, ctx.host, rule, hook, hit)
+                    keys[hook] = key_fields_of(sp, out).may()
                 reasons.extend(r for r in why + w.approximate.get(id(rule), ()) if r not in reasons)
             chain_path = tuple(paths.get(chain.name, ()))
             if not fires:
@@ -421,7 +441,8 @@ def _build_inventory(ctx: CheckContext) -> DnatInventory:
                 continue
             addresses, ports = _target_range(rule)
             rewritten = _Rewritten(sp, ctx.host, rule, fires)
-            entries.append(DnatEntry(rule, chain_path, fires, rewritten, keys, addresses, ports, tuple(reasons)))
+            key: Mapping[str, PacketSet] = _Rewritten(sp, ctx.host, rule, fires, keys=True) if fixed else keys
+            entries.append(DnatEntry(rule, chain_path, fires, rewritten, key, addresses, ports, tuple(reasons)))
     return DnatInventory(entries, walks, silent)
 
 

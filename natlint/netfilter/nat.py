@@ -101,6 +101,17 @@ def apply(sp: object, host: object, target: str, options: Mapping[str, Option], 
     raise KeyError(target)
 
 
+def is_fixed(target: str, options: Mapping[str, Option]) -> bool:
+    """Whether :func:`apply` rewrites to one address (or keeps it) and one port (or keeps it):
+    then it reports no reason, whatever the packets."""
+    if target not in ("DNAT", "SNAT"):
+        return False
+    rand = "random" in options or "random_fully" in options
+    nat_range = _range_of(options, "to_destination" if target == "DNAT" else "to_source", "to")
+    fields = ("dst", "dport", "ct_dnat") if target == "DNAT" else ("src", "sport", "ct_snat")
+    return _fixed_mapping(nat_range, fields, rand) is not None
+
+
 def _fixed_mapping(nat_range: object, fields: tuple[str, str, str], random: bool) -> dict[str, object] | None:
     """{field: value} when the range maps to one address (or keeps it) and one port (or keeps
     it) with no reason to report: what _map then the flag assignment do, at once."""
