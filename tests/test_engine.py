@@ -590,3 +590,19 @@ def test_a_trace_compiles_only_the_rules_on_its_way() -> None:
     total = sum(1 for _ in ruleset.rules())
     assert len(engine._compiled) <= 3 < total  # INPUT's jump, the -i rule, maybe C0's rule
     assert engine._no_iif_dependence() is False  # the -i rule was compiled and read
+
+
+def test_union_all_lets_go_of_each_part_once_paired() -> None:
+    # Merging the 32,000 translated branches of a big kube-proxy dump held every part and
+    # every level of the union at once (the peak of the nat checks at 98.5k rules): with
+    # consume=True the caller's list is emptied, no reference to a part is left behind.
+    from natlint.netfilter.engine import union_all
+    from natlint.packets.space import PacketSpace
+
+    sp = PacketSpace(4, ())
+    parts = [sp.value("dport", p) for p in range(1, 8)]
+    expected = sp.range("dport", 1, 7)
+    assert union_all(list(parts)) == expected and len(parts) == 7  # the caller's list is kept
+    union = union_all(parts, consume=True)
+    assert union == expected and parts == []
+    assert union_all([sp.value("dport", 9)]) == sp.value("dport", 9)

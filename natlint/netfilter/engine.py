@@ -211,6 +211,7 @@ class Engine:
             stopped, returned = self._run_chain(table, chain, hook, branch, 0)
             result.stopped.extend((b, v) for b, v in stopped if v != "ACCEPT")
             result.accepted.extend(b for b, v in stopped if v == "ACCEPT")
+            stopped.clear()  # the accepted ones are merged below: no other reference to them
             policy: Verdict = "DROP" if chain.policy == "DROP" else "ACCEPT"
             for b in self._merge(returned):
                 step = Step(hook, table.name, chain.name, chain.pos.line if chain.pos else None, None,
@@ -403,7 +404,11 @@ class Engine:
             raise BranchBudgetExceeded(f"more than {self.max_branches} rule applications")
 
     def _merge(self, branches: list[_Branch]) -> list[_Branch]:
-        """Union branches that share their history (or all of them when steps are not recorded)."""
+        """Union branches that share their history (or all of them when steps are not recorded).
+
+        Consumes ``branches`` (the list is emptied when anything is merged): a part is freed as
+        soon as the union has taken it, so that merging the 32,000 translated branches of a big
+        kube-proxy dump does not hold every part and every level of the union at once."""
         if len(branches) < 2:
             return branches
         groups: dict[tuple[object, ...], list[_Branch]] = {}
@@ -412,13 +417,16 @@ class Engine:
             groups.setdefault(key, []).append(b)
         if len(groups) == len(branches):
             return branches
+        branches.clear()
         merged: list[_Branch] = []
         for group in groups.values():
-            first = group[0]
             if len(group) == 1:
-                merged.append(first)
-            else:
-                merged.append(first.with_packets(union_all([b.packets for b in group])))
+                merged.append(group[0])
+                continue
+            steps, reasons, lazy = group[0].steps, group[0].reasons, group[0].lazy
+            parts = [b.packets for b in group]
+            group.clear()
+            merged.append(_Branch(union_all(parts, consume=True), steps, reasons, lazy))
         return merged
 
     # ---- the pipeline -------------------------------------------------------------------------
@@ -968,19 +976,25 @@ def _interfaces_of(sp: object, packets: object) -> list[str]:
     return names
 
 
-def union_all(sets: Sequence[object]) -> object:
+def union_all(sets: Sequence[object], *, consume: bool = False) -> object:
     """The union of non-empty list of packet sets, as a balanced tree of ``|``.
 
     Unioning many sets left to right makes each step pay for the size of everything
     unioned so far (quadratic for thousands of small disjoint DNAT results); pairing them
     up level by level costs about the final size per level. BDDs are canonical: the result
-    is the same set whatever the order.
+    is the same set whatever the order. Each set is let go as soon as it is paired;
+    ``consume=True``: ``sets`` is a list the union may empty, so that the caller's parts
+    are let go too.
     """
-    level = list(sets)
+    level: list[object | None] = sets if consume and isinstance(sets, list) else list(sets)
     while len(level) > 1:
-        paired = [level[i] | level[i + 1] for i in range(0, len(level) - 1, 2)]  # type: ignore[operator]
+        paired: list[object | None] = []
+        for i in range(0, len(level) - 1, 2):
+            paired.append(level[i] | level[i + 1])  # type: ignore[operator]
+            level[i] = level[i + 1] = None
         if len(level) % 2:
             paired.append(level[-1])
+        level.clear()
         level = paired
     return level[0]
 
