@@ -62,12 +62,9 @@ def apply(sp: object, host: object, target: str, options: Mapping[str, Option], 
     and port, in the same pass as the rewrite.
     """
     rand = "random" in options or "random_fully" in options
-    if target in ("DNAT", "SNAT"):
-        nat_range = _range_of(options, "to_destination" if target == "DNAT" else "to_source", "to")
-        fields = ("dst", "dport", "ct_dnat") if target == "DNAT" else ("src", "sport", "ct_snat")
-        fixed = _fixed_mapping(nat_range, fields, rand)
-        if fixed is not None:  # one address (and one port): a single ∃ and ∧
-            return [(sp.assign_fields(packets, fixed, record=record), "ACCEPT", ())]  # type: ignore[attr-defined]
+    fixed = _fixed_of(target, options)
+    if fixed is not None:  # one address (and one port): a single ∃ and ∧
+        return [(sp.assign_fields(packets, fixed, record=record), "ACCEPT", ())]  # type: ignore[attr-defined]
     if record:
         packets = sp.equate_fields(packets, record)  # type: ignore[attr-defined]
     if target == "DNAT":
@@ -104,12 +101,17 @@ def apply(sp: object, host: object, target: str, options: Mapping[str, Option], 
 def is_fixed(target: str, options: Mapping[str, Option]) -> bool:
     """Whether :func:`apply` rewrites to one address (or keeps it) and one port (or keeps it):
     then it reports no reason, whatever the packets."""
+    return _fixed_of(target, options) is not None
+
+
+def _fixed_of(target: str, options: Mapping[str, Option]) -> dict[str, object] | None:
+    """A DNAT's or SNAT's {field: value} when it maps to one address and one port."""
     if target not in ("DNAT", "SNAT"):
-        return False
+        return None
     rand = "random" in options or "random_fully" in options
     nat_range = _range_of(options, "to_destination" if target == "DNAT" else "to_source", "to")
     fields = ("dst", "dport", "ct_dnat") if target == "DNAT" else ("src", "sport", "ct_snat")
-    return _fixed_mapping(nat_range, fields, rand) is not None
+    return _fixed_mapping(nat_range, fields, rand)
 
 
 def _fixed_mapping(nat_range: object, fields: tuple[str, str, str], random: bool) -> dict[str, object] | None:

@@ -469,10 +469,8 @@ class PacketSpace:
         self._opaque: dict[Hashable, _Opaque] = {}
         self._opaque_declared = 0  # opaque_0 .. opaque_{n-1} exist in the manager (see _OPAQUE_BLOCK)
         self._opaque_by_var: dict[str, _Opaque] = {}
-        # Opaque variables by what a predicate depends on (None: every field): each class has
-        # its own variables, used or still free (see opaque()), so that the cube of what a
-        # transform forgets (every variable of the classes depending on a changed field) only
-        # changes when a class grows by a block, not with each predicate.
+        # Opaque variables by what their predicate depends on (None: every field): a transform
+        # forgets the classes depending on a field it changes (see _growing_cube).
         self._pools: dict[frozenset[str] | None, list[str]] = {}  # the used variables per class
         self._used_opaque: list[str] = []  # every used opaque variable, in the order taken
         self._free_opaque: list[str] = []  # declared, not yet used: pop() takes the bottom-most
@@ -983,8 +981,8 @@ class PacketSpace:
                      conjoin: _Node | None = None) -> _Node:
         """∃ (the fields ``names``, the variables ``extra``, the opaque variables depending on
         the fields ``changed``) of ``node``, or of ``node ∧ conjoin`` in one pass (oxidd's
-        and-exists). The cube is built once per key and version (a kube-proxy dump has
-        thousands of statistic predicates: no list of them is built per operation)."""
+        and-exists). The cube is kept per key and grown with new predicates (a kube-proxy
+        dump has thousands of statistic predicates: no list of them is built per operation)."""
         if conjoin is not None and self.backend != "oxidd":
             node, conjoin = node & conjoin, None
         if self.backend == "autoref":
