@@ -606,3 +606,35 @@ def test_union_all_lets_go_of_each_part_once_paired() -> None:
     union = union_all(parts, consume=True)
     assert union == expected and parts == []
     assert union_all([sp.value("dport", 9)]) == sp.value("dport", 9)
+
+
+def test_a_pile_of_accepted_branches_is_unioned_as_it_grows() -> None:
+    # An engine that records no steps unions the branches a chain ACCEPTs as they come (a
+    # binary counter), so that the 32,000 translated branches of a big kube-proxy dump are
+    # never alive all at once; other verdicts stay apart.
+    from natlint.netfilter.engine import _Branch, _Pile
+    from natlint.packets.space import PacketSpace
+
+    sp = PacketSpace(4, ())
+    pile = _Pile(merge=True)
+    for port in range(1, 8):
+        pile.append((_Branch(sp.value("dport", port)), "ACCEPT"))
+    pile.append((_Branch(sp.value("dport", 99)), "DROP"))
+    other = _Pile(merge=True)
+    other.append((_Branch(sp.value("dport", 8)), "ACCEPT"))
+    other.append((_Branch(sp.value("dport", 9), reasons=("approximate",)), "ACCEPT"))
+    pile.extend(other)
+    items = list(pile)
+    accepted = [b for b, v in items if v == "ACCEPT" and not b.reasons]
+    assert len(accepted) <= 2  # 8 branches: partial unions of 8, or of 4, 2, 1, 1 merged as they meet
+    union = accepted[0].packets
+    for b in accepted[1:]:
+        union = union | b.packets
+    assert union == sp.range("dport", 1, 8)
+    assert [b.packets for b, v in items if v == "DROP"] == [sp.value("dport", 99)]
+    assert [b.packets for b, v in items if b.reasons] == [sp.value("dport", 9)]  # its own group
+    assert list(other) == []  # taken over
+    kept = _Pile(merge=False)
+    kept.append((_Branch(sp.value("dport", 1)), "ACCEPT"))
+    kept.append((_Branch(sp.value("dport", 2)), "ACCEPT"))
+    assert len(list(kept)) == 2  # an engine that records steps keeps every history apart

@@ -22,7 +22,7 @@ target, a conntrack/state/connmark match, CT...): without one, nat chains never 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
@@ -145,6 +145,52 @@ class _Branch:
         return _Branch(packets, self.steps, self.reasons, self.lazy)
 
 
+class _Pile:
+    """The branches a chain ended with a verdict, as (branch, verdict) pairs.
+
+    With ``merge`` (an engine that records no steps) the ACCEPTed ones are unioned as they
+    come, per (reasons, lazy) as :meth:`Engine._merge` groups them, in a binary counter:
+    partial unions of 1, 2, 4... branches, two of the same weight merged at once. The same
+    balanced tree as ``union_all`` at the end, but the 32,000 translated branches of a big
+    kube-proxy dump are never alive all at once (they were the peak of the nat checks).
+    """
+
+    def __init__(self, *, merge: bool) -> None:
+        self.merge = merge
+        self.items: list[tuple[_Branch, Verdict]] = []
+        self._stacks: dict[tuple[object, ...], list[tuple[int, _Branch]]] = {}
+
+    def append(self, item: tuple[_Branch, Verdict]) -> None:
+        if self.merge and item[1] == "ACCEPT":
+            self._push(item[0], 1)
+        else:
+            self.items.append(item)
+
+    def extend(self, other: _Pile) -> None:
+        self.items.extend(other.items)
+        for stack in other._stacks.values():
+            for weight, b in stack:
+                self._push(b, weight)
+        other.clear()
+
+    def _push(self, b: _Branch, weight: int) -> None:
+        stack = self._stacks.setdefault((b.reasons, b.lazy), [])
+        stack.append((weight, b))
+        while len(stack) > 1 and stack[-1][0] >= stack[-2][0]:
+            (w1, b1), (w2, b2) = stack.pop(), stack.pop()
+            stack.append((w1 + w2, b2.with_packets(b2.packets | b1.packets)))  # type: ignore[operator]
+
+    def __iter__(self) -> Iterator[tuple[_Branch, Verdict]]:
+        yield from self.items
+        for stack in self._stacks.values():
+            for _weight, b in stack:
+                yield b, "ACCEPT"
+
+    def clear(self) -> None:
+        self.items.clear()
+        self._stacks.clear()
+
+
 @dataclass
 class _TableResult:
     accepted: list[_Branch] = field(default_factory=list)  # go on to the next table
@@ -225,12 +271,14 @@ class Engine:
         return result
 
     def _run_chain(self, table: Table, chain: Chain, hook: str, branch: _Branch, depth: int
-                   ) -> tuple[list[tuple[_Branch, Verdict]], list[_Branch]]:
+                   ) -> tuple[_Pile, list[_Branch]]:
         """(branches that ended with a verdict, branches that returned / fell off the end)."""
-        stopped: list[tuple[_Branch, Verdict]] = []
+        stopped = _Pile(merge=not self.record_steps)
         returned: list[_Branch] = []
         if depth > _MAX_DEPTH:
-            return [(branch.extend(branch.packets, reasons=[f"chain nesting deeper than {_MAX_DEPTH}"]), "UNKNOWN")], []
+            too_deep = branch.extend(branch.packets, reasons=[f"chain nesting deeper than {_MAX_DEPTH}"])
+            stopped.append((too_deep, "UNKNOWN"))
+            return stopped, []
         live = [branch]
         for rule in chain.rules:
             if not live:
@@ -266,7 +314,7 @@ class Engine:
         return Step(hook, table.name, chain.name, rule.pos.line, rule.text, action, rule.index)
 
     def _target(self, table: Table, chain: Chain, hook: str, rule: Rule, b: _Branch, depth: int,
-                stopped: list[tuple[_Branch, Verdict]], returned: list[_Branch], live: list[_Branch]) -> None:
+                stopped: _Pile, returned: list[_Branch], live: list[_Branch]) -> None:
         self._count()
         target = rule.target
         if target is None:
@@ -298,7 +346,7 @@ class Engine:
         self._extension(table, chain, hook, rule, target, b, stopped, live)
 
     def _extension(self, table: Table, chain: Chain, hook: str, rule: Rule, target: Target, b: _Branch,
-                   stopped: list[tuple[_Branch, Verdict]], live: list[_Branch]) -> None:
+                   stopped: _Pile, live: list[_Branch]) -> None:
         from natlint.netfilter import nat
 
         name = target.name
