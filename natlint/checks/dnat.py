@@ -349,6 +349,12 @@ def key_fields_of(sp: PacketSpace, packets: PacketSet) -> PacketSet:
     return sp.forget(packets, *(f for f in sp.fields if f not in keep))
 
 
+def _key(sp: PacketSpace, rewritten: PacketSet) -> PacketSet:
+    """``DnatEntry.key`` of one hook: the rewritten connections on the key fields, every
+    value of the opaque predicates."""
+    return key_fields_of(sp, rewritten).may()
+
+
 class _Rewritten(Mapping[str, "PacketSet"]):
     """``DnatEntry.rewritten``: what the rule makes of the connections it fires on, per hook,
     translated anew on each access (``keys``: reduced to the key fields, as ``DnatEntry.key``)."""
@@ -363,7 +369,7 @@ class _Rewritten(Mapping[str, "PacketSet"]):
 
     def __getitem__(self, hook: str) -> PacketSet:
         out = _rewrite(self._sp, self._host, self._rule, hook, self._fires[hook])[0]
-        return key_fields_of(self._sp, out).may() if self._keys else out
+        return _key(self._sp, out) if self._keys else out
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._fires)
@@ -433,7 +439,7 @@ def _build_inventory(ctx: CheckContext) -> DnatInventory:
                 why: tuple[str, ...] = ()
                 if not fixed:
                     out, why = _rewrite(sp, ctx.host, rule, hook, hit)
-                    keys[hook] = key_fields_of(sp, out).may()
+                    keys[hook] = _key(sp, out)
                 reasons.extend(r for r in why + w.approximate.get(id(rule), ()) if r not in reasons)
             chain_path = tuple(paths.get(chain.name, ()))
             if not fires:

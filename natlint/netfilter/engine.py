@@ -145,6 +145,12 @@ class _Branch:
         return _Branch(packets, self.steps, self.reasons, self.lazy)
 
 
+def _history(b: _Branch, *, steps: bool) -> tuple[object, ...]:
+    """What branches must share to be merged into one: their steps (when recorded), their
+    reasons and their lazy fields."""
+    return (b.steps, b.reasons, b.lazy) if steps else (b.reasons, b.lazy)
+
+
 class _Pile:
     """The branches a chain ended with a verdict, as (branch, verdict) pairs.
 
@@ -174,7 +180,7 @@ class _Pile:
         other.clear()
 
     def _push(self, b: _Branch, weight: int) -> None:
-        stack = self._stacks.setdefault((b.reasons, b.lazy), [])
+        stack = self._stacks.setdefault(_history(b, steps=False), [])
         stack.append((weight, b))
         while len(stack) > 1 and stack[-1][0] >= stack[-2][0]:
             (w1, b1), (w2, b2) = stack.pop(), stack.pop()
@@ -362,7 +368,7 @@ class Engine:
             record = b.lazy & _rewritten_by(name, hook)
             pairs: tuple[tuple[str, str], ...] = ()
             if record and self._all_new:
-                pairs = tuple((o, f) for o, f in ORIG_PAIRS if f in record)
+                pairs = _orig_pairs(record)
                 b = _Branch(b.packets, b.steps, b.reasons, b.lazy - record)
             elif record:
                 b = self._settle(b, record)
@@ -423,14 +429,14 @@ class Engine:
         found = self._orig_reads.get(key)
         if found is None:
             sp = self.space
-            fields = [f for f in _TUPLE if f"orig_{f}" in sp.fields]  # type: ignore[attr-defined]
+            by_field = {f: sp.variables(f"orig_{f}") for f in _TUPLE if f"orig_{f}" in sp.fields}  # type: ignore[attr-defined]
             # one test for the whole tuple first: almost no rule reads it
-            every = [v for f in fields for v in sp.variables(f"orig_{f}")]  # type: ignore[attr-defined]
+            every = [v for names in by_field.values() for v in names]
             if not every or not sp.tests_variables(match_set, every):  # type: ignore[attr-defined]
                 found = frozenset()
             else:
-                found = frozenset(f for f in fields
-                                  if sp.tests_variables(match_set, sp.variables(f"orig_{f}")))  # type: ignore[attr-defined]
+                found = frozenset(f for f, names in by_field.items()
+                                  if sp.tests_variables(match_set, names))  # type: ignore[attr-defined]
             self._orig_reads[key] = found
         return found
 
@@ -461,8 +467,7 @@ class Engine:
             return branches
         groups: dict[tuple[object, ...], list[_Branch]] = {}
         for b in branches:
-            key: tuple[object, ...] = (b.steps, b.reasons, b.lazy) if self.record_steps else (b.reasons, b.lazy)
-            groups.setdefault(key, []).append(b)
+            groups.setdefault(_history(b, steps=self.record_steps), []).append(b)
         if len(groups) == len(branches):
             return branches
         branches.clear()
@@ -950,18 +955,23 @@ def _rewritten_by(target: str, hook: str) -> frozenset[str]:
     return _TUPLE
 
 
+def _orig_pairs(fields: frozenset[str]) -> tuple[tuple[str, str], ...]:
+    """The (orig_X, X) pairs of the conntrack original tuple for these tuple fields."""
+    return tuple((o, f) for o, f in ORIG_PAIRS if f in fields)
+
+
 def _materialize(sp: object, packets: object, fields: frozenset[str], *, all_new: bool = False) -> object:
     """orig_X := X for the NEW packets of a set whose orig_X are untested (lazy).
     ``all_new``: the caller knows every packet of the set is NEW (the nat table)."""
     if not fields:
         return packets
     if all_new:
-        return sp.equate_fields(packets, [(o, f) for o, f in ORIG_PAIRS if f in fields])  # type: ignore[attr-defined]
+        return sp.equate_fields(packets, _orig_pairs(fields))  # type: ignore[attr-defined]
     new_set = sp.ctstate(["NEW"])  # type: ignore[attr-defined]
     new = packets & new_set  # type: ignore[operator]
     if new.is_empty():  # type: ignore[attr-defined]
         return packets
-    recorded = sp.equate_fields(new, [(o, f) for o, f in ORIG_PAIRS if f in fields])  # type: ignore[attr-defined]
+    recorded = sp.equate_fields(new, _orig_pairs(fields))  # type: ignore[attr-defined]
     if new == packets:  # all NEW (the nat table sees nothing else): nothing to add back
         return recorded
     return recorded | (packets - new_set)  # type: ignore[operator]
