@@ -638,3 +638,43 @@ def test_a_pile_of_accepted_branches_is_unioned_as_it_grows() -> None:
     kept.append((_Branch(sp.value("dport", 1)), "ACCEPT"))
     kept.append((_Branch(sp.value("dport", 2)), "ACCEPT"))
     assert len(list(kept)) == 2  # an engine that records steps keeps every history apart
+
+
+def test_a_step_filter_records_only_the_steps_it_keeps() -> None:
+    # Three paths reach one DNAT (a MARK on the way for some sources, as kube-proxy's
+    # KUBE-MARK-MASQ): recording every step keeps three outcomes, each crossing FORWARD and
+    # POSTROUTING on its own; recording only DNAT steps leaves one outcome per DNAT rule, with
+    # the same packets and fates.
+    dump = (NAT_HEAD + ":SVC - [0:0]\n:MARKIT - [0:0]\n"
+            "-A PREROUTING -p tcp --dport 8080 -j SVC\n"
+            "-A SVC -s 198.51.100.0/25 -j MARKIT\n"
+            "-A SVC -s 198.51.100.128/26 -j MARKIT\n"
+            "-A SVC -p tcp -j DNAT --to-destination 172.17.0.2:80\n"
+            "-A MARKIT -j MARK --set-xmark 0x4000/0x4000\n"
+            "-A PREROUTING -p tcp --dport 9090 -j DNAT --to-destination 172.17.0.3:90\nCOMMIT\n" + FILTER_OPEN)
+    ruleset = read(dump, "<test>", 4)
+    full = Engine(ruleset, HOST)
+    sp: Any = full.space
+    start = (sp.iface("iif", "eth0") & sp.iface("oif", None) & sp.ctstate(["NEW"]) & sp.value("mark", 0)
+             & sp.value("connmark", 0) & sp.value("ct_dnat", False) & sp.value("ct_snat", False)
+             & sp.value("proto", 6) & sp.value("dst", "198.51.100.1"))
+
+    def dnat(step: Any) -> bool:
+        return step.table == "nat" and step.action.startswith("DNAT")
+
+    kept = Engine(ruleset, HOST, space=sp, record_steps=dnat, like=full)
+    every, some = full.arriving(start), kept.arriving(start)
+    forwarded = [o for o in every if o.delivered is not None and o.delivered.to == "out"]
+    assert len(forwarded) == 4  # three paths to the first DNAT, one to the second
+    merged = [o for o in some if o.delivered is not None and o.delivered.to == "out"]
+    assert len(merged) == 2
+    assert all(len(o.steps) == 1 and dnat(o.steps[0]) for o in merged)
+    by_rule = {o.steps[0].line: o.packets for o in merged}
+    for line, packets in by_rule.items():
+        paths = [o.packets for o in forwarded if any(s.line == line and dnat(s) for s in o.steps)]
+        union = paths[0]
+        for p in paths[1:]:
+            union = union | p
+        assert packets == union
+    rest = {(o.verdict, o.delivered) for o in every if o not in forwarded}
+    assert rest == {(o.verdict, o.delivered) for o in some if o not in merged}

@@ -183,11 +183,27 @@ class _Published:
         return tuple(seen)
 
 
+def _read_steps(step: Step) -> bool:
+    """The steps this check reads from an outcome: the DNAT that published it, FORWARD's
+    verdict (the rule or policy that accepted it) and what routing or a bridge decided.
+    Recording only these, the paths through one DNAT rule merge into one outcome (kube-proxy
+    reaches each endpoint's DNAT on three paths, all of which then crossed FORWARD and
+    POSTROUTING one by one)."""
+    if step.hook in ("ROUTING", "BRIDGE"):
+        return True
+    if step.table == "nat" and step.action.startswith("DNAT"):
+        return True
+    return step.hook == "FORWARD" and (step.action == "ACCEPT" or step.index == "policy")
+
+
 class _Analysis:
     def __init__(self, ctx: CheckContext) -> None:
         self.ctx = ctx
         self.ruleset: Ruleset = ctx.ruleset
         self.engine: Engine = ctx.engine
+        # the classification records only the steps the findings read (see _read_steps)
+        self.classifier = Engine(ctx.ruleset, ctx.host, space=ctx.engine.space, record_steps=_read_steps,
+                                 max_branches=ctx.max_branches, like=ctx.engine)
         sp: Any = self.engine.space
         self.sp: Any = sp
         self.host: Any = ctx.host
@@ -263,7 +279,7 @@ class _Analysis:
         sp = self.sp
         cls = _fresh(sp) & _prefixes(sp, "dst", self.local_prefixes)
         cls = cls - _iif(sp, None) - _iif(sp, "lo")
-        return self.published(self.engine.arriving(cls), "PREROUTING")
+        return self.published(self.classifier.arriving(cls), "PREROUTING")
 
     def local(self) -> dict[int, _Published]:
         sp = self.sp
@@ -273,7 +289,7 @@ class _Analysis:
         # over a whole /8 is a BDD of 2**24 nodes: src and dst are apart in the variable order)
         source = parse_prefix("127.0.0.1" if family == 4 else "::1", family)
         cls = _fresh(sp) & _iif(sp, None) & self.loopback & sp.prefix("src", source)
-        return self.published(self.engine.local(cls), "OUTPUT", routing_drops=True)
+        return self.published(self.classifier.local(cls), "OUTPUT", routing_drops=True)
 
     # ---- findings ---------------------------------------------------------------------------
     def finding(self, code: str, message: str, rule: Rule, related: Sequence[Related],

@@ -211,9 +211,14 @@ _Parts = tuple[list[Outcome], list[tuple[object, str | None, list[Outcome]]]]
 class Engine:
     """Evaluate a ruleset on packet sets under a host model."""
 
-    def __init__(self, ruleset: Ruleset, host: object, *, space: object | None = None, record_steps: bool = True,
-                 max_branches: int = 20_000, conntrack: bool | None = None, like: Engine | None = None) -> None:
-        """``like``: an engine of the same ruleset, host and space whose compiled rules this
+    def __init__(self, ruleset: Ruleset, host: object, *, space: object | None = None,
+                 record_steps: bool | Callable[[Step], bool] = True, max_branches: int = 20_000,
+                 conntrack: bool | None = None, like: Engine | None = None) -> None:
+        """``record_steps``: True records every step of a branch's way, and outcomes with
+        different ways stay apart; False merges outcomes whatever their way (fates only: much
+        faster); a function records only the steps it keeps, and outcomes that kept the same
+        steps merge (e.g. one outcome per DNAT rule instead of one per path through it).
+        ``like``: an engine of the same ruleset, host and space whose compiled rules this
         one shares (a kube-proxy dump has tens of thousands of rules to compile)."""
         from natlint.packets.compile import compile_interfaces
         from natlint.packets.space import PacketSpace
@@ -222,7 +227,8 @@ class Engine:
         self.host = host
         self.space = space if space is not None else PacketSpace(
             ruleset.family, compile_interfaces(ruleset, host))  # type: ignore[arg-type]
-        self.record_steps = record_steps
+        self.record_steps = record_steps is not False
+        self._keep: Callable[[Step], bool] | None = None if isinstance(record_steps, bool) else record_steps
         self.max_branches = max_branches
         # None: on when the rules need it (another user of the namespace may turn it on too)
         self.conntrack = uses_conntrack(ruleset) if conntrack is None else conntrack
@@ -266,8 +272,8 @@ class Engine:
             stopped.clear()  # the accepted ones are merged below: no other reference to them
             policy: Verdict = "DROP" if chain.policy == "DROP" else "ACCEPT"
             for b in self._merge(returned):
-                step = Step(hook, table.name, chain.name, chain.pos.line if chain.pos else None, None,
-                            f"policy {policy}", "policy")
+                step = self._kept(Step(hook, table.name, chain.name, chain.pos.line if chain.pos else None, None,
+                                       f"policy {policy}", "policy"))
                 done = b.extend(b.packets, step)
                 if policy == "ACCEPT":
                     result.accepted.append(done)
@@ -316,8 +322,16 @@ class Engine:
         returned.extend(live)
         return stopped, returned
 
-    def _step(self, hook: str, table: Table, chain: Chain, rule: Rule, action: str) -> Step:
-        return Step(hook, table.name, chain.name, rule.pos.line, rule.text, action, rule.index)
+    def _step(self, hook: str, table: Table, chain: Chain, rule: Rule, action: str) -> Step | None:
+        return self._kept(Step(hook, table.name, chain.name, rule.pos.line, rule.text, action, rule.index))
+
+    def _kept(self, step: Step) -> Step | None:
+        """The step, or None when the engine's step filter drops it (not recorded)."""
+        return step if self._keep is None or self._keep(step) else None
+
+    def _then(self, steps: tuple[Step, ...], step: Step) -> tuple[Step, ...]:
+        """The steps followed by ``step`` when it is recorded."""
+        return steps if self._keep is not None and not self._keep(step) else steps + (step,)
 
     def _target(self, table: Table, chain: Chain, hook: str, rule: Rule, b: _Branch, depth: int,
                 stopped: _Pile, returned: list[_Branch], live: list[_Branch]) -> None:
@@ -575,7 +589,7 @@ class Engine:
                             f"bridged on {name}: iptables does not see it (br_netfilter is off)")
                 part = _materialize(sp, part, lazy)
                 pre.append(Outcome(sp.assign(part, "oif", name), "ACCEPT",  # type: ignore[attr-defined]
-                                   Delivery("out", name), (step,)))
+                                   Delivery("out", name), self._then((), step)))
         groups.insert(0, (rest, None))
         parts: list[tuple[object, str | None, list[Outcome]]] = []
         for group, bridge in groups:
@@ -612,7 +626,7 @@ class Engine:
         if bridge is not None and oif == bridge:
             return False
         step = Step("ROUTING", "-", "-", None, None, "not forwarded: ip_forward is off")
-        outcomes.append(Outcome(self._final(b), "DROP", None, b.steps + (step,), b.reasons))
+        outcomes.append(Outcome(self._final(b), "DROP", None, self._then(b.steps, step), b.reasons))
         return True
 
     # ---- host settings the routing and bridging steps depend on --------------------------
@@ -704,7 +718,7 @@ class Engine:
             where = name if name is not None else "another interface"
             step = Step("ROUTING", "-", "-", None, None,
                         f"loopback address ::1 on {where}: dropped on receipt (IPv6 never accepts ::1 off lo)")
-            outcomes.append(Outcome(_materialize(sp, part, lazy), "DROP", None, (step,)))
+            outcomes.append(Outcome(_materialize(sp, part, lazy), "DROP", None, self._then((), step)))
         return packets
 
     def _hairpin(self, b: _Branch, oif: str, outcomes: list[Outcome]) -> _Branch | None:
@@ -731,7 +745,7 @@ class Engine:
         step = Step("BRIDGE", "-", "-", None, None,
                     f"hairpin on {oif}: DNATed back to its sender, the packet must leave through the port it came"
                     f" in on; dropped by the bridge (hairpin mode is off on {oif}'s ports)")
-        outcomes.append(Outcome(_materialize(sp, part, b.lazy), "DROP", None, b.steps + (step,), b.reasons))
+        outcomes.append(Outcome(_materialize(sp, part, b.lazy), "DROP", None, self._then(b.steps, step), b.reasons))
         rest = b.packets - part  # type: ignore[operator]
         return None if rest.is_empty() else b.with_packets(rest)
 
@@ -770,7 +784,7 @@ class Engine:
                     continue
                 rest = rest - cut  # type: ignore[operator]
                 step = Step("ROUTING", "-", "-", None, None, action)
-                outcomes.append(Outcome(_materialize(self.space, part, b.lazy), "DROP", None, b.steps + (step,),
+                outcomes.append(Outcome(_materialize(self.space, part, b.lazy), "DROP", None, self._then(b.steps, step),
                                         b.reasons))
             if not rest.is_empty():  # type: ignore[attr-defined]
                 kept.append(b.with_packets(rest))
@@ -900,7 +914,7 @@ class Engine:
                     continue
                 if decision.kind == "unreachable":
                     step = Step("ROUTING", "-", "-", None, None, "no route to the destination")
-                    outcomes.append(Outcome(_materialize(sp, part, b.lazy), "DROP", None, b.steps + (step,),
+                    outcomes.append(Outcome(_materialize(sp, part, b.lazy), "DROP", None, self._then(b.steps, step),
                                             b.reasons))
                     continue
                 routed.append((b.with_packets(part), decision))
@@ -984,7 +998,7 @@ def _conntrack_new(sp: object, packets: object) -> object:
     return sp.copy_fields(new, ORIG_PAIRS) | rest  # type: ignore[attr-defined]
 
 
-def _connmark_branch(sp: object, options: Mapping[str, object], b: _Branch, step: Step) -> _Branch:
+def _connmark_branch(sp: object, options: Mapping[str, object], b: _Branch, step: Step | None) -> _Branch:
     from natlint.extensions.targets_mangle import connmark_action
 
     action = connmark_action(options)  # type: ignore[arg-type]
