@@ -678,3 +678,22 @@ def test_a_step_filter_records_only_the_steps_it_keeps() -> None:
         assert packets == union
     rest = {(o.verdict, o.delivered) for o in every if o not in forwarded}
     assert rest == {(o.verdict, o.delivered) for o in some if o not in merged}
+
+
+def test_union_stream_unions_sets_as_they_come() -> None:
+    # exposure unions the views of thousands of published ports of a kube-proxy dump; made
+    # one by one from a generator, no list of them is alive at once
+    from natlint.netfilter.engine import union_stream
+    from natlint.packets.space import PacketSpace
+
+    sp = PacketSpace(4, ())
+    made: list[int] = []
+
+    def parts() -> Any:
+        for port in range(1, 12):
+            made.append(port)
+            yield sp.value("dport", port)
+
+    assert union_stream(parts(), sp.none()) == sp.range("dport", 1, 11) and made == list(range(1, 12))
+    assert union_stream(iter(()), sp.none()) == sp.none()
+    assert union_stream([sp.value("dport", 5)], sp.none()) == sp.value("dport", 5)

@@ -34,7 +34,7 @@ from natlint.checks.context import CheckContext
 from natlint.findings import Code, Finding, Related, register
 from natlint.model.ruleset import Rule, Ruleset
 from natlint.model.values import PROTOCOL_NAMES, Interface, Prefix, parse_prefix
-from natlint.netfilter.engine import Engine, Outcome, Step, _Branch, union_all
+from natlint.netfilter.engine import Engine, Outcome, Step, _Branch, union_all, union_stream
 
 __all__ = ["check"]
 
@@ -172,9 +172,13 @@ class _Published:
 
     dnat: Rule
     outcomes: list[Outcome] = field(default_factory=list)
+    _union: Any = None
 
     def packets(self) -> Any:
-        return union_all([o.packets for o in self.outcomes])
+        """The union of the outcomes' packets (made once: every check asks for it)."""
+        if self._union is None:
+            self._union = union_all([o.packets for o in self.outcomes])
+        return self._union
 
     def reasons(self) -> tuple[str, ...]:
         seen: list[str] = []
@@ -279,7 +283,10 @@ class _Analysis:
         sp = self.sp
         cls = _fresh(sp) & _prefixes(sp, "dst", self.local_prefixes)
         cls = cls - _iif(sp, None) - _iif(sp, "lo")
-        return self.published(self.classifier.arriving(cls), "PREROUTING")
+        try:
+            return self.published(self.classifier.arriving(cls), "PREROUTING")
+        finally:
+            self.classifier.release()
 
     def local(self) -> dict[int, _Published]:
         sp = self.sp
@@ -397,23 +404,34 @@ _MANAGED_PREFIXES = ("DOCKER", "KUBE-", "CNI-", "cali-", "WEAVE", "LIBVIRT")
 def _bypass(a: _Analysis, arriving: dict[int, _Published]) -> Iterator[Finding]:
     sp = a.sp
     outside = a.outside()
-    pres: list[tuple[_Published, Any, Any]] = []
-    for pub in arriving.values():
+
+    def seen(pub: _Published) -> tuple[Any, Any] | None:
+        """(the published packets from outside, the same as INPUT would see them)"""
         post = (pub.packets() & outside) - a.orig_loopback
         if post.is_empty():
-            continue
+            return None
         pre = _before_nat(sp, post)
         pre = sp.assign(pre, "oif", None)
         for name, value in (("ct_dnat", False), ("ct_snat", False), ("mark", 0), ("connmark", 0)):
             if name in sp.widths:
                 pre = sp.assign(pre, name, value)
-        pres.append((pub, post, pre))
-    if not pres:
+        return post, pre
+
+    # the union first, one port after the other (a kube-proxy dump publishes thousands:
+    # their copies need not be alive at once), then again for the ports INPUT would stop
+    everything: Any = union_stream((found[1] for found in map(seen, arriving.values()) if found is not None),
+                                   sp.none())
+    if everything.is_empty():
         return
-    blocked = _input_verdicts(a.engine, union_all([pre for _, _, pre in pres]))
+    blocked = _input_verdicts(a.engine, everything)
+    del everything
     if not blocked:
         return
-    for pub, post, pre in pres:
+    for pub in arriving.values():
+        found = seen(pub)
+        if found is None:
+            continue
+        post, pre = found
         for packets, outcome in blocked:
             hit = pre & packets
             if hit.is_empty():
@@ -491,8 +509,9 @@ def _loopback_exposed(a: _Analysis, arriving: dict[int, _Published]) -> Iterator
     sp = a.sp
     if a.ruleset.family != 4:
         return  # ip6_rcv_core drops ::1 from any other interface before PREROUTING
-    public = [pub.packets() - a.orig_loopback for pub in arriving.values()]
-    reachable = _service_view(sp, union_all(public)) if public else sp.none()
+    public = union_stream((pub.packets() - a.orig_loopback for pub in arriving.values()), sp.none())
+    reachable = _service_view(sp, public)
+    del public
     for pub in arriving.values():
         post = pub.packets() & a.orig_loopback
         if post.is_empty():
@@ -529,13 +548,18 @@ def _pre_dnat(a: _Analysis, arriving: dict[int, _Published]) -> Iterator[Finding
         return
     sp = a.sp
     hooks = build_graphs(a.ruleset)["filter"].hooks if "filter" in a.ruleset.tables else {}
-    # (DNAT rule, packets as filter FORWARD sees them, the same before DNAT)
-    seen: list[tuple[_Published, Any, Any]] = []
-    for pub in arriving.values():
+
+    def views(pub: _Published) -> tuple[Any, Any]:
+        """(the packets as filter FORWARD sees them, the same before DNAT)"""
         post = _before_nat(sp, pub.packets(), ("src", "sport"))  # filter runs before SNAT
-        pre = _before_nat(sp, post, ("dst", "dport"))
-        seen.append((pub, post, pre))
-    all_post = union_all([post for _, post, _ in seen])
+        return post, _before_nat(sp, post, ("dst", "dport"))
+
+    # the union first, one port after the other (thousands on a kube-proxy dump: their copies
+    # need not be alive at once; putting fields back distributes over the union); a rule
+    # that may match is then matched port by port
+    all_post = union_stream((_before_nat(sp, pub.packets(), ("src", "sport")) for pub in arriving.values()),
+                            sp.none())
+    all_pre = _before_nat(sp, all_post, ("dst", "dport"))
     for chain in filter_table:
         if hooks.get(chain.name, frozenset()) != frozenset({"FORWARD"}):
             continue
@@ -547,7 +571,13 @@ def _pre_dnat(a: _Analysis, arriving: dict[int, _Published]) -> Iterator[Finding
             fields = [f for f in ("dport", "dst") if sp.tests_field(match, f) and _narrow(match, f)]
             if not fields:
                 continue
-            hits = [(pub, post, match & pre) for pub, post, pre in seen if match.intersects(pre)]
+            if not match.intersects(all_pre):
+                continue
+            hits = []
+            for p in arriving.values():
+                post, pre = views(p)
+                if match.intersects(pre):
+                    hits.append((p, post, match & pre))
             if not hits:
                 continue
             pub, post, hit = hits[0]

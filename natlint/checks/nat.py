@@ -249,6 +249,7 @@ def _unreachable(ctx: CheckContext, inventory: DnatInventory) -> Iterator[Findin
     if not fired["PREROUTING"].is_empty():  # type: ignore[attr-defined]
         start = _arriving_query(ctx, plain) & fired["PREROUTING"]  # type: ignore[operator]
         fates["PREROUTING"] = _fates(sp, plain.arriving(start))
+        plain.release()
     if not fired["OUTPUT"].is_empty():  # type: ignore[attr-defined]
         local: PacketSet = query_set(plain, TraceQuery(local=True))  # type: ignore[assignment]
         # choose_source=True on many destinations at once is exponential (src := dst): leave
@@ -602,6 +603,7 @@ def _missing_masquerade(ctx: CheckContext) -> Iterator[Finding]:
             if o.verdict == "ACCEPT" and o.delivered is not None and o.delivered.to == "out" \
                     and o.delivered.interface in externals:
                 leak = leak | (o.packets & sp.prefix("src", subnet))  # type: ignore[operator]
+        plain.release()
         if leak.is_empty():
             continue
         finding = _explain_leak(ctx, name, subnet, leak)

@@ -216,7 +216,7 @@ class Engine:
                  conntrack: bool | None = None, like: Engine | None = None) -> None:
         """``record_steps``: True records every step of a branch's way, and outcomes with
         different ways stay apart; False merges outcomes whatever their way (fates only: much
-        faster); a function records only the steps it keeps, and outcomes that kept the same
+        faster; outcomes have no steps); a function records only the steps it keeps, and outcomes that kept the same
         steps merge (e.g. one outcome per DNAT rule instead of one per path through it).
         ``like``: an engine of the same ruleset, host and space whose compiled rules this
         one shares (a kube-proxy dump has tens of thousands of rules to compile)."""
@@ -323,15 +323,19 @@ class Engine:
         return stopped, returned
 
     def _step(self, hook: str, table: Table, chain: Chain, rule: Rule, action: str) -> Step | None:
+        if not self.record_steps:
+            return None
         return self._kept(Step(hook, table.name, chain.name, rule.pos.line, rule.text, action, rule.index))
 
     def _kept(self, step: Step) -> Step | None:
-        """The step, or None when the engine's step filter drops it (not recorded)."""
+        """The step, or None when it is not recorded (no steps, or the step filter drops it)."""
+        if not self.record_steps:
+            return None
         return step if self._keep is None or self._keep(step) else None
 
     def _then(self, steps: tuple[Step, ...], step: Step) -> tuple[Step, ...]:
         """The steps followed by ``step`` when it is recorded."""
-        return steps if self._keep is not None and not self._keep(step) else steps + (step,)
+        return steps if self._kept(step) is None else steps + (step,)
 
     def _target(self, table: Table, chain: Chain, hook: str, rule: Rule, b: _Branch, depth: int,
                 stopped: _Pile, returned: list[_Branch], live: list[_Branch]) -> None:
@@ -497,6 +501,12 @@ class Engine:
         return merged
 
     # ---- the pipeline -------------------------------------------------------------------------
+    def release(self) -> None:
+        """Let go of the last arriving run kept for other interfaces (see _arriving_shared):
+        on a big kube-proxy dump it holds millions of BDD nodes that a caller asking once
+        does not need."""
+        self._shared = None
+
     def arriving(self, packets: object) -> list[Outcome]:
         """Packets arriving on an interface (the set fixes iif; oif is 'none').
 
@@ -1069,6 +1079,25 @@ def union_all(sets: Sequence[object], *, consume: bool = False) -> object:
         level.clear()
         level = paired
     return level[0]
+
+
+def union_stream(sets: Iterable[object], empty: object) -> object:
+    """The union of the sets as they come (``empty`` when there is none), as the same
+    balanced tree as :func:`union_all` (a binary counter: two partial unions of the same
+    weight are merged at once), holding only about log2(n) partial unions: the caller's
+    sets need not all be alive at once."""
+    stack: list[tuple[int, object]] = []
+    for s in sets:
+        stack.append((1, s))
+        while len(stack) > 1 and stack[-1][0] >= stack[-2][0]:
+            (w1, a), (w2, b) = stack.pop(), stack.pop()
+            stack.append((w1 + w2, b | a))  # type: ignore[operator]
+    if not stack:
+        return empty
+    found = stack.pop()[1]
+    while stack:
+        found = stack.pop()[1] | found  # type: ignore[operator]
+    return found
 
 
 def prefixes_union(sp: object, prefixes: Iterable[Prefix]) -> object:
