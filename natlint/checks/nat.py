@@ -249,12 +249,12 @@ def _unreachable(ctx: CheckContext, inventory: DnatInventory) -> Iterator[Findin
     if not fired["PREROUTING"].is_empty():  # type: ignore[attr-defined]
         start = _arriving_query(ctx, plain) & fired["PREROUTING"]  # type: ignore[operator]
         fates["PREROUTING"] = _fates(sp, plain.arriving(start))
-        plain.release()
     if not fired["OUTPUT"].is_empty():  # type: ignore[attr-defined]
         local: PacketSet = query_set(plain, TraceQuery(local=True))  # type: ignore[assignment]
         # choose_source=True on many destinations at once is exponential (src := dst): leave
         # the source free; the witness trace below chooses it.
         fates["OUTPUT"] = _fates(sp, plain.local(local & fired["OUTPUT"]))  # type: ignore[operator]
+    plain.release()  # the runs kept for other interfaces and hooks (nat KUBE-SERVICES) are done
     for entry in inventory:
         dead_parts: list[tuple[str, PacketSet]] = []
         delivered_parts: list[str] = []

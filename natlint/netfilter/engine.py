@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Literal
 
 from natlint.model.ruleset import Chain, Rule, Ruleset, Table, Target
 from natlint.model.values import Prefix
+from natlint.netfilter import shared_chains as sc
 
 if TYPE_CHECKING:
     from natlint.host.model import RouteDecision
@@ -213,13 +214,15 @@ class Engine:
 
     def __init__(self, ruleset: Ruleset, host: object, *, space: object | None = None,
                  record_steps: bool | Callable[[Step], bool] = True, max_branches: int = 20_000,
-                 conntrack: bool | None = None, like: Engine | None = None) -> None:
+                 conntrack: bool | None = None, like: Engine | None = None, share_chains: bool = True) -> None:
         """``record_steps``: True records every step of a branch's way, and outcomes with
         different ways stay apart; False merges outcomes whatever their way (fates only: much
         faster; outcomes have no steps); a function records only the steps it keeps, and outcomes that kept the same
         steps merge (e.g. one outcome per DNAT rule instead of one per path through it).
         ``like``: an engine of the same ruleset, host and space whose compiled rules this
-        one shares (a kube-proxy dump has tens of thousands of rules to compile)."""
+        one shares (a kube-proxy dump has tens of thousands of rules to compile).
+        ``share_chains``: an engine that records no steps runs a nat chain that several hooks
+        jump to once for all of them (natlint.netfilter.shared_chains)."""
         from natlint.packets.compile import compile_interfaces
         from natlint.packets.space import PacketSpace
 
@@ -241,6 +244,12 @@ class Engine:
             self._orig_reads = like._orig_reads
         self._iif_free: bool | None = None
         self._shared: tuple[object, _Parts] | None = None
+        # shared chains (natlint.netfilter.shared_chains): per table, the chains and what they
+        # may rewrite; per (table, chain), the runs made
+        self.share_chains = share_chains
+        self._shareable: dict[str, dict[str, frozenset[str]]] = {}
+        self._chain_runs: dict[tuple[str, str], list[sc.ChainRun]] = {}
+        self.chains_served = 0  # calls a shared run served for another hook
         self._routes: list[tuple[object, RouteDecision]] | None = None
         self._branches = 0
         self._all_new = False  # while _hook runs the nat table: every packet is NEW
@@ -322,6 +331,56 @@ class Engine:
         returned.extend(live)
         return stopped, returned
 
+    def _shared_run(self, table: Table, chain: Chain, hook: str, b: _Branch, depth: int
+                    ) -> tuple[_Pile, list[_Branch]] | None:
+        """The chain's outcomes for the branch from one run shared by the built-in chains
+        that jump to it (see natlint.netfilter.shared_chains), or None: run it as usual."""
+        if self.record_steps or not self.share_chains or table.name != "nat" or depth != 1:
+            return None
+        shareable = self._shareable.get(table.name)
+        if shareable is None:
+            shareable = self._shareable[table.name] = sc.shareable_chains(table, _NON_TERMINAL_NO_EFFECT)
+        rewrites = shareable.get(chain.name)
+        if rewrites is None:
+            return None
+        sp = self.space
+        runs = self._chain_runs.setdefault((table.name, chain.name), [])
+        cond = None
+        for run in runs:
+            cond = sc.condition(sp, run, b.packets, b.lazy)
+            if cond is not None:
+                break
+        else:
+            if any(run.hook == hook for run in runs):
+                return None  # one run per hook: another branch of this hook runs as usual
+            start = sc.start_of(sp, b.packets)
+            if start is None:
+                return None
+            stopped, returned = self._run_chain(table, chain, hook, _Branch(start, lazy=b.lazy), depth)
+            run = sc.ChainRun(hook, start, b.lazy, list(stopped), returned, rewrites)
+            runs.append(run)
+            cond = sc.condition(sp, run, b.packets, b.lazy)
+            if cond is None:  # cannot happen: the run's start holds the packets as asked
+                raise AssertionError(f"the shared run of {chain.name} does not serve its first caller")
+        if run.hook != hook:
+            self.chains_served += 1
+        cache: dict[frozenset[str], object] = {}
+
+        def serve(o: _Branch) -> _Branch | None:
+            packets = sc.restricted(sp, o.packets, cond, o.lazy, run.rewrites, cache)
+            if packets.is_empty():  # type: ignore[attr-defined]
+                return None
+            return _Branch(packets, b.steps, b.reasons + tuple(r for r in o.reasons if r not in b.reasons),
+                           o.lazy)
+
+        pile = _Pile(merge=True)
+        for o, verdict in run.stopped:
+            kept = serve(o)
+            if kept is not None:
+                pile.append((kept, verdict))
+        back = [kept for o in run.returned if (kept := serve(o)) is not None]
+        return pile, back
+
     def _step(self, hook: str, table: Table, chain: Chain, rule: Rule, action: str) -> Step | None:
         if not self.record_steps:
             return None
@@ -363,7 +422,8 @@ class Engine:
             if sub is None:
                 stopped.append((entered.extend(entered.packets, reasons=[f"chain {name} is not defined"]), "UNKNOWN"))
                 return
-            sub_stopped, sub_returned = self._run_chain(table, sub, hook, entered, depth + 1)
+            shared = self._shared_run(table, sub, hook, entered, depth + 1)
+            sub_stopped, sub_returned = shared or self._run_chain(table, sub, hook, entered, depth + 1)
             stopped.extend(sub_stopped)
             (returned if target.goto else live).extend(sub_returned)
             return
@@ -506,6 +566,7 @@ class Engine:
         on a big kube-proxy dump it holds millions of BDD nodes that a caller asking once
         does not need."""
         self._shared = None
+        self._chain_runs.clear()
 
     def arriving(self, packets: object) -> list[Outcome]:
         """Packets arriving on an interface (the set fixes iif; oif is 'none').

@@ -1,0 +1,152 @@
+"""One run of a chain that several built-in chains jump to, restricted for each caller.
+
+kube-proxy's nat ``KUBE-SERVICES`` (and Docker's nat ``DOCKER``) is jumped to from both
+PREROUTING and OUTPUT: a check that classifies arriving and local traffic walks its thousands
+of rules twice. When nothing in the chain's closure tests or uses the interfaces, and its
+targets are among those whose effect is known (verdicts, jumps, MARK, DNAT, SNAT, and the
+targets the engine treats as no-ops), the chain does to every packet what it would do to it
+whatever interfaces the packet carries. So the chain is run once on the packets with their
+interfaces forgotten (``S``), and a later caller's packets ``J`` are served from that run when
+
+* ``J`` is within ``S``, tests no opaque predicate, and
+* ``J = S ∧ P`` where ``P`` does not test the fields the closure sets without a record of
+  their old value (mark, connmark, the conntrack NAT flags): those must be as in ``S``.
+
+Each outcome of the run is then restricted by ``P``. Fields the closure never changes are
+tested as they are; a tuple field a NAT target may have rewritten (nat table only, where
+every packet is NEW and its tuple at the chain's entry is its conntrack original tuple) is
+tested on ``orig_X`` once recorded, on ``X`` while still implicit (the branch's lazy fields).
+
+Only engines that record no steps use it (the steps would name the first caller's hook),
+in the nat table (which a check enters once per hook; a filter chain is entered once per
+branch, where the bookkeeping would cost more than it saves), from the built-in chain itself,
+one run per hook.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from natlint.model.ruleset import Chain, Table
+
+if TYPE_CHECKING:
+    from natlint.netfilter.engine import Verdict, _Branch
+
+__all__ = ["ChainRun", "condition", "restricted", "shareable_chains", "start_of"]
+
+_KEEP_TARGETS = frozenset({"MARK", "DNAT", "SNAT", "REJECT"})
+# Fields the shareable targets set without recording their old value.
+_SET_FIELDS = ("mark", "connmark", "ct_dnat", "ct_snat")
+
+
+@dataclass
+class ChainRun:
+    """One run of a shared chain: its input and its outcomes (branches not yet restricted)."""
+
+    hook: str  # the hook of the caller it was made for
+    start: object  # S: a PacketSet
+    lazy: frozenset[str]
+    stopped: list[tuple[_Branch, Verdict]]
+    returned: list[_Branch]
+    rewrites: frozenset[str]  # tuple fields a NAT target of the closure may rewrite
+
+
+def _closure(table: Table, name: str) -> list[Chain] | None:
+    found: dict[str, Chain] = {}
+    todo = [name]
+    while todo:
+        current = todo.pop()
+        if current in found:
+            continue
+        chain = table.chains.get(current)
+        if chain is None:
+            return None
+        found[current] = chain
+        for rule in chain.rules:
+            if rule.target is not None and rule.target.kind == "chain":
+                todo.append(rule.target.name)
+    return list(found.values())
+
+
+def _shareable(chains: Iterable[Chain], no_effect: frozenset[str]) -> tuple[bool, frozenset[str]]:
+    """(whether the closure qualifies, the tuple fields its NAT targets may rewrite)."""
+    rewrites: set[str] = set()
+    for chain in chains:
+        for rule in chain.rules:
+            if rule.in_interface is not None or rule.out_interface is not None:
+                return False, frozenset()
+            target = rule.target
+            if target is None or target.kind in ("chain", "verdict"):
+                if target is not None and target.name == "QUEUE":
+                    return False, frozenset()
+                continue
+            if target.name not in _KEEP_TARGETS and target.name not in no_effect:
+                return False, frozenset()
+            if target.name == "DNAT":
+                rewrites |= {"dst", "dport"}
+            elif target.name == "SNAT":
+                rewrites |= {"src", "sport"}
+    return True, frozenset(rewrites)
+
+
+def shareable_chains(table: Table, no_effect: frozenset[str]) -> dict[str, frozenset[str]]:
+    """The chains of the table that two or more of its built-in chains jump to (or go to)
+    directly and whose closure qualifies: name -> the tuple fields it may rewrite."""
+    callers: dict[str, set[str]] = {}
+    for chain in table:
+        if not chain.builtin:
+            continue
+        for rule in chain.rules:
+            if rule.target is not None and rule.target.kind == "chain":
+                callers.setdefault(rule.target.name, set()).add(chain.name)
+    found: dict[str, frozenset[str]] = {}
+    for name, hooks in callers.items():
+        if len(hooks) < 2:
+            continue
+        chains = _closure(table, name)
+        if chains is None:
+            continue
+        ok, rewrites = _shareable(chains, no_effect)
+        if ok:
+            found[name] = rewrites
+    return found
+
+
+def condition(sp: object, run: ChainRun, packets: object, lazy: frozenset[str]) -> object | None:
+    """``P`` when the run serves these packets (see the module's docstring), else None."""
+    if lazy != run.lazy:
+        return None
+    if not packets.issubset(run.start):  # type: ignore[attr-defined]
+        return None
+    fixed = [f for f in _SET_FIELDS if f in sp.fields]  # type: ignore[attr-defined]
+    cond = sp.forget(packets, *fixed) if fixed else packets  # type: ignore[attr-defined]
+    if (run.start & cond) != packets:  # type: ignore[operator]
+        return None
+    return cond
+
+
+def start_of(sp: object, packets: object) -> object | None:
+    """The set to run the chain on for these packets (interfaces forgotten), or None when
+    the packets test opaque predicates."""
+    if packets.may() != packets:  # type: ignore[attr-defined]
+        return None
+    start: object = sp.forget(packets, "iif", "oif")  # type: ignore[attr-defined]
+    return start
+
+
+def restricted(sp: object, packets: object, cond: object, lazy: frozenset[str], rewrites: frozenset[str],
+               cache: dict[frozenset[str], object]) -> object:
+    """The outcome's packets restricted to the caller's (``cond``): a rewritten tuple field
+    is tested on its recorded original value (``cache``: the condition per set of such
+    fields)."""
+    moved = frozenset(f for f in rewrites if f not in lazy)
+    found = cache.get(moved)
+    if found is None:
+        found = cond
+        if moved:
+            pairs: Sequence[tuple[str, str]] = [(f, f"orig_{f}") for f in sorted(moved)]
+            found = sp.forget(sp.equate_fields(cond, pairs), *moved)  # type: ignore[attr-defined]
+        cache[moved] = found
+    return packets & found  # type: ignore[operator]

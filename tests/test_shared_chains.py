@@ -1,0 +1,88 @@
+"""One run of a nat chain that PREROUTING and OUTPUT both jump to, restricted per caller.
+
+An engine that records no steps runs kube-proxy's nat KUBE-SERVICES (or Docker's nat DOCKER)
+once for arriving and local traffic (natlint.netfilter.shared_chains). Whatever it serves must
+be exactly what running the chain again gives: the outcomes are compared, set for set, with
+those of an engine that does not share.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import natlint
+from natlint import synth
+from natlint.host import infer
+from natlint.netfilter import shared_chains as sc
+from natlint.netfilter.engine import _NON_TERMINAL_NO_EFFECT, Engine, Outcome
+from natlint.netfilter.trace import TraceQuery, query_set
+from natlint.syntax.reader import read
+
+REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference-dumps"
+
+
+def _fates(outcomes: list[Outcome]) -> dict[tuple[object, ...], Any]:
+    found: dict[tuple[object, ...], Any] = {}
+    for o in outcomes:
+        key = (o.verdict, o.delivered, o.reasons)
+        found[key] = o.packets if key not in found else found[key] | o.packets
+    return found
+
+
+def _classify(first: Engine, *, share: bool) -> tuple[Engine, list[dict[tuple[object, ...], Any]]]:
+    engine = Engine(first.ruleset, first.host, space=first.space, record_steps=False, like=first, share_chains=share)
+    arriving: Any = query_set(engine, TraceQuery())
+    local: Any = query_set(engine, TraceQuery(local=True))
+    return engine, [_fates(engine.arriving(arriving)), _fates(engine.local(local))]
+
+
+def _dumps() -> list[Any]:
+    # Docker's nat DOCKER tests the input interface (-i docker0 -j RETURN): never shared
+    found: list[Any] = [
+        pytest.param(synth.kube_proxy(12, 3), True, id="kube-proxy-12x3"),
+        pytest.param(synth.docker_host(4, 2), False, id="docker-4x2"),
+    ]
+    for name, served in (("kube-proxy-small.rules", True), ("docker-28-2containers.rules", False)):
+        path = REFERENCE / name
+        marks = [] if path.is_file() else [pytest.mark.skip(reason=f"{path} is absent (../shared)")]
+        found.append(pytest.param(path, served, marks=marks, id=name))
+    return found
+
+
+@pytest.mark.parametrize(("dump", "served"), _dumps())
+def test_a_shared_run_serves_exactly_what_a_second_run_gives(dump: Any, served: bool) -> None:
+    ruleset = natlint.load(dump)
+    first = Engine(ruleset, infer(ruleset), record_steps=False)  # one packet space for both
+    shared, with_memo = _classify(first, share=True)
+    _, without = _classify(first, share=False)
+    assert (shared.chains_served > 0) is served  # OUTPUT served from PREROUTING's run
+    for got, expected in zip(with_memo, without, strict=True):
+        assert got.keys() == expected.keys()
+        for key, packets in expected.items():
+            assert got[key] == packets, key
+
+
+NAT = "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n"
+
+
+@pytest.mark.parametrize(("rules", "shared"), [
+    ("-A SVC -p tcp --dport 80 -j DNAT --to-destination 10.0.0.2\n", {"SVC": frozenset({"dst", "dport"})}),
+    ("-A SVC -j MARK --set-xmark 0x1/0x1\n-A SVC -j LOG\n", {"SVC": frozenset()}),
+    ("-A SVC -i eth0 -j DNAT --to-destination 10.0.0.2\n", {}),  # tests the input interface
+    ("-A SVC -p tcp -j REDIRECT --to-ports 8080\n", {}),  # REDIRECT depends on the hook
+    ("-A SVC -j MASQUERADE\n", {}),  # uses the output interface
+    ("-A SVC -j INNER\n-A INNER -o eth0 -j RETURN\n", {}),  # the closure counts
+])
+def test_which_chains_are_shared(rules: str, shared: dict[str, frozenset[str]]) -> None:
+    dump = (NAT + ":SVC - [0:0]\n:INNER - [0:0]\n-A PREROUTING -j SVC\n-A OUTPUT -j SVC\n" + rules
+            + "COMMIT\n")
+    table = read(dump, "<test>", 4).tables["nat"]
+    assert sc.shareable_chains(table, _NON_TERMINAL_NO_EFFECT) == shared
+
+
+def test_a_chain_one_hook_jumps_to_is_not_shared() -> None:
+    dump = NAT + ":SVC - [0:0]\n-A PREROUTING -j SVC\n-A SVC -j DNAT --to-destination 10.0.0.2\nCOMMIT\n"
+    assert sc.shareable_chains(read(dump, "<test>", 4).tables["nat"], _NON_TERMINAL_NO_EFFECT) == {}
