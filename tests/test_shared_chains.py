@@ -17,7 +17,7 @@ import natlint
 from natlint import synth
 from natlint.host import infer
 from natlint.netfilter import shared_chains as sc
-from natlint.netfilter.engine import _NON_TERMINAL_NO_EFFECT, Engine, Outcome
+from natlint.netfilter.engine import _NON_TERMINAL_NO_EFFECT, Engine, Outcome, Step
 from natlint.netfilter.trace import TraceQuery, query_set
 from natlint.syntax.reader import read
 
@@ -27,13 +27,17 @@ REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference-dumps"
 def _fates(outcomes: list[Outcome]) -> dict[tuple[object, ...], Any]:
     found: dict[tuple[object, ...], Any] = {}
     for o in outcomes:
-        key = (o.verdict, o.delivered, o.reasons)
+        key = (o.verdict, o.delivered, o.reasons, o.steps)
         found[key] = o.packets if key not in found else found[key] | o.packets
     return found
 
 
-def _classify(first: Engine, *, share: bool) -> tuple[Engine, list[dict[tuple[object, ...], Any]]]:
-    engine = Engine(first.ruleset, first.host, space=first.space, record_steps=False, like=first, share_chains=share)
+def _nat_steps(step: Step) -> bool:
+    return step.table == "nat"
+
+
+def _classify(first: Engine, *, share: bool, steps: Any) -> tuple[Engine, list[dict[tuple[object, ...], Any]]]:
+    engine = Engine(first.ruleset, first.host, space=first.space, record_steps=steps, like=first, share_chains=share)
     arriving: Any = query_set(engine, TraceQuery())
     local: Any = query_set(engine, TraceQuery(local=True))
     return engine, [_fates(engine.arriving(arriving)), _fates(engine.local(local))]
@@ -52,12 +56,14 @@ def _dumps() -> list[Any]:
     return found
 
 
+@pytest.mark.parametrize("steps", [False, _nat_steps], ids=["no-steps", "nat-steps"])
 @pytest.mark.parametrize(("dump", "served"), _dumps())
-def test_a_shared_run_serves_exactly_what_a_second_run_gives(dump: Any, served: bool) -> None:
+def test_a_shared_run_serves_exactly_what_a_second_run_gives(dump: Any, served: bool, steps: Any) -> None:
+    # with a step filter, the served steps name the caller's hook (OUTPUT), as a run gives
     ruleset = natlint.load(dump)
     first = Engine(ruleset, infer(ruleset), record_steps=False)  # one packet space for both
-    shared, with_memo = _classify(first, share=True)
-    _, without = _classify(first, share=False)
+    shared, with_memo = _classify(first, share=True, steps=steps)
+    _, without = _classify(first, share=False, steps=steps)
     assert (shared.chains_served > 0) is served  # OUTPUT served from PREROUTING's run
     for got, expected in zip(with_memo, without, strict=True):
         assert got.keys() == expected.keys()
@@ -86,3 +92,27 @@ def test_which_chains_are_shared(rules: str, shared: dict[str, frozenset[str]]) 
 def test_a_chain_one_hook_jumps_to_is_not_shared() -> None:
     dump = NAT + ":SVC - [0:0]\n-A PREROUTING -j SVC\n-A SVC -j DNAT --to-destination 10.0.0.2\nCOMMIT\n"
     assert sc.shareable_chains(read(dump, "<test>", 4).tables["nat"], _NON_TERMINAL_NO_EFFECT) == {}
+
+
+def test_an_engine_that_records_every_step_runs_each_hook_itself() -> None:
+    # a trace asks once per hook, and its steps are the ground truth against the kernel
+    ruleset = natlint.load(synth.kube_proxy(4, 2))
+    engine, _ = _classify(Engine(ruleset, infer(ruleset), record_steps=False), share=True, steps=True)
+    assert engine.chains_served == 0 and not engine._chain_runs
+
+
+def test_what_the_run_does_not_hold_runs_as_usual() -> None:
+    # the run was made for arriving packets to half the service range; local packets to any
+    # address are served for that half, and the rest runs through the chain as usual
+    ruleset = natlint.load(synth.kube_proxy(12, 3))
+    first = Engine(ruleset, infer(ruleset), record_steps=False)
+    sp: Any = first.space
+    results = []
+    for share in (True, False):
+        engine = Engine(ruleset, first.host, space=sp, record_steps=False, like=first, share_chains=share)
+        arriving: Any = query_set(engine, TraceQuery(dst="10.96.0.0/13"))
+        local: Any = query_set(engine, TraceQuery(local=True))
+        results.append((engine, _fates(engine.arriving(arriving)), _fates(engine.local(local))))
+    (shared, *with_memo), (_, *without) = results
+    assert shared.chains_served > 0
+    assert with_memo == without

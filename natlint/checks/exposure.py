@@ -286,7 +286,7 @@ class _Analysis:
         try:
             return self.published(self.classifier.arriving(cls), "PREROUTING")
         finally:
-            self.classifier.release()
+            self.classifier.release(runs=False)  # a shared nat chain's run serves local()
 
     def local(self) -> dict[int, _Published]:
         sp = self.sp
@@ -296,7 +296,10 @@ class _Analysis:
         # over a whole /8 is a BDD of 2**24 nodes: src and dst are apart in the variable order)
         source = parse_prefix("127.0.0.1" if family == 4 else "::1", family)
         cls = _fresh(sp) & _iif(sp, None) & self.loopback & sp.prefix("src", source)
-        return self.published(self.classifier.local(cls), "OUTPUT", routing_drops=True)
+        try:
+            return self.published(self.classifier.local(cls), "OUTPUT", routing_drops=True)
+        finally:
+            self.classifier.release()
 
     # ---- findings ---------------------------------------------------------------------------
     def finding(self, code: str, message: str, rule: Rule, related: Sequence[Related],

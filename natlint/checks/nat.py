@@ -249,6 +249,7 @@ def _unreachable(ctx: CheckContext, inventory: DnatInventory) -> Iterator[Findin
     if not fired["PREROUTING"].is_empty():  # type: ignore[attr-defined]
         start = _arriving_query(ctx, plain) & fired["PREROUTING"]  # type: ignore[operator]
         fates["PREROUTING"] = _fates(sp, plain.arriving(start))
+        plain.release(runs=False)  # the run of nat KUBE-SERVICES serves OUTPUT below
     if not fired["OUTPUT"].is_empty():  # type: ignore[attr-defined]
         local: PacketSet = query_set(plain, TraceQuery(local=True))  # type: ignore[assignment]
         # choose_source=True on many destinations at once is exponential (src := dst): leave

@@ -23,7 +23,7 @@ target, a conntrack/state/connmark match, CT...): without one, nat chains never 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Literal
 
 from natlint.model.ruleset import Chain, Rule, Ruleset, Table, Target
@@ -334,8 +334,9 @@ class Engine:
     def _shared_run(self, table: Table, chain: Chain, hook: str, b: _Branch, depth: int
                     ) -> tuple[_Pile, list[_Branch]] | None:
         """The chain's outcomes for the branch from one run shared by the built-in chains
-        that jump to it (see natlint.netfilter.shared_chains), or None: run it as usual."""
-        if self.record_steps or not self.share_chains or table.name != "nat" or depth != 1:
+        that jump to it (see natlint.netfilter.shared_chains), or None: run it as usual.
+        Engines that record every step run it as usual (a trace asks once per hook)."""
+        if (self.record_steps and self._keep is None) or not self.share_chains or table.name != "nat" or depth != 1:
             return None
         shareable = self._shareable.get(table.name)
         if shareable is None:
@@ -345,10 +346,10 @@ class Engine:
             return None
         sp = self.space
         runs = self._chain_runs.setdefault((table.name, chain.name), [])
-        cond = None
+        found = None
         for run in runs:
-            cond = sc.condition(sp, run, b.packets, b.lazy)
-            if cond is not None:
+            found = sc.condition(sp, run, b.packets, b.lazy)
+            if found is not None:
                 break
         else:
             if any(run.hook == hook for run in runs):
@@ -359,9 +360,10 @@ class Engine:
             stopped, returned = self._run_chain(table, chain, hook, _Branch(start, lazy=b.lazy), depth)
             run = sc.ChainRun(hook, start, b.lazy, list(stopped), returned, rewrites)
             runs.append(run)
-            cond = sc.condition(sp, run, b.packets, b.lazy)
-            if cond is None:  # cannot happen: the run's start holds the packets as asked
+            found = sc.condition(sp, run, b.packets, b.lazy)
+            if found is None:  # cannot happen: the run's start holds the packets as asked
                 raise AssertionError(f"the shared run of {chain.name} does not serve its first caller")
+        cond, rest = found
         if run.hook != hook:
             self.chains_served += 1
         cache: dict[frozenset[str], object] = {}
@@ -370,15 +372,21 @@ class Engine:
             packets = sc.restricted(sp, o.packets, cond, o.lazy, run.rewrites, cache)
             if packets.is_empty():  # type: ignore[attr-defined]
                 return None
-            return _Branch(packets, b.steps, b.reasons + tuple(r for r in o.reasons if r not in b.reasons),
+            # the run's steps (a step filter's) name the hook it was made for
+            steps = o.steps if run.hook == hook else tuple(replace(s, hook=hook) for s in o.steps)
+            return _Branch(packets, b.steps + steps, b.reasons + tuple(r for r in o.reasons if r not in b.reasons),
                            o.lazy)
 
-        pile = _Pile(merge=True)
+        pile = _Pile(merge=not self.record_steps)
         for o, verdict in run.stopped:
             kept = serve(o)
             if kept is not None:
                 pile.append((kept, verdict))
         back = [kept for o in run.returned if (kept := serve(o)) is not None]
+        if not rest.is_empty():  # type: ignore[attr-defined]
+            more, returned = self._run_chain(table, chain, hook, b.with_packets(rest), depth)
+            pile.extend(more)
+            back.extend(returned)
         return pile, back
 
     def _step(self, hook: str, table: Table, chain: Chain, rule: Rule, action: str) -> Step | None:
@@ -561,12 +569,14 @@ class Engine:
         return merged
 
     # ---- the pipeline -------------------------------------------------------------------------
-    def release(self) -> None:
-        """Let go of the last arriving run kept for other interfaces (see _arriving_shared):
-        on a big kube-proxy dump it holds millions of BDD nodes that a caller asking once
+    def release(self, *, runs: bool = True) -> None:
+        """Let go of the last arriving run kept for other interfaces (see _arriving_shared)
+        and, with ``runs``, of the runs of chains kept for other hooks (see _shared_run): on
+        a big kube-proxy dump they hold millions of BDD nodes that a caller done with them
         does not need."""
         self._shared = None
-        self._chain_runs.clear()
+        if runs:
+            self._chain_runs.clear()
 
     def arriving(self, packets: object) -> list[Outcome]:
         """Packets arriving on an interface (the set fixes iif; oif is 'none').

@@ -6,11 +6,10 @@ of rules twice. When nothing in the chain's closure tests or uses the interfaces
 targets are among those whose effect is known (verdicts, jumps, MARK, DNAT, SNAT, and the
 targets the engine treats as no-ops), the chain does to every packet what it would do to it
 whatever interfaces the packet carries. So the chain is run once on the packets with their
-interfaces forgotten (``S``), and a later caller's packets ``J`` are served from that run when
-
-* ``J`` is within ``S``, tests no opaque predicate, and
-* ``J = S ∧ P`` where ``P`` does not test the fields the closure sets without a record of
-  their old value (mark, connmark, the conntrack NAT flags): those must be as in ``S``.
+interfaces forgotten (``S``, from packets that test no opaque predicate), and a later
+caller's packets ``J`` within ``S`` are served from that run when ``J ∧ S = S ∧ P`` where
+``P`` does not test the fields the closure sets without a record of their old value (mark,
+connmark, the conntrack NAT flags): those must be as in ``S``. ``J - S`` runs as usual.
 
 Each outcome of the run is then restricted by ``P``. Fields the closure never changes are
 tested as they are; a tuple field a NAT target may have rewritten (nat table only, where
@@ -114,17 +113,19 @@ def shareable_chains(table: Table, no_effect: frozenset[str]) -> dict[str, froze
     return found
 
 
-def condition(sp: object, run: ChainRun, packets: object, lazy: frozenset[str]) -> object | None:
-    """``P`` when the run serves these packets (see the module's docstring), else None."""
+def condition(sp: object, run: ChainRun, packets: object, lazy: frozenset[str]) -> tuple[object, object] | None:
+    """(``P``, the rest) when the run serves these packets but for the rest (those outside
+    its start, to run as usual; see the module's docstring), else None."""
     if lazy != run.lazy:
         return None
-    if not packets.issubset(run.start):  # type: ignore[attr-defined]
+    inside = packets & run.start  # type: ignore[operator]
+    if inside.is_empty():
         return None
     fixed = [f for f in _SET_FIELDS if f in sp.fields]  # type: ignore[attr-defined]
-    cond = sp.forget(packets, *fixed) if fixed else packets  # type: ignore[attr-defined]
-    if (run.start & cond) != packets:  # type: ignore[operator]
+    cond = sp.forget(inside, *fixed) if fixed else inside  # type: ignore[attr-defined]
+    if (run.start & cond) != inside:
         return None
-    return cond
+    return cond, packets - run.start  # type: ignore[operator]
 
 
 def start_of(sp: object, packets: object) -> object | None:
