@@ -116,3 +116,25 @@ def test_what_the_run_does_not_hold_runs_as_usual() -> None:
     (shared, *with_memo), (_, *without) = results
     assert shared.chains_served > 0
     assert with_memo == without
+
+
+@pytest.mark.parametrize("took", [False, True])
+def test_the_nat_walks_of_both_hooks_share_one_walk_of_kube_services(took: bool) -> None:
+    # the DNAT inventory walks nat PREROUTING and OUTPUT; kube-proxy's KUBE-SERVICES is walked
+    # once for both: what each hook's walk records must be what its own walk gives
+    from natlint.checks import CheckContext
+    from natlint.checks.dnat import _STARTS, walk_nat
+
+    ruleset = natlint.load(synth.kube_proxy(12, 3))
+    ctx = CheckContext(ruleset, budget_seconds=None)
+    shared = {hook: walk_nat(ctx, hook, start(ctx), took=took, exact=took) for hook, start in _STARTS.items()}
+    assert ("KUBE-SERVICES", took, took) in vars(ctx)["_natlint_shared_nat_walks"]
+    vars(ctx)["_natlint_shared_nat_walks"] = {None: {}}  # no chain is shared: each hook walks it
+    alone = {hook: walk_nat(ctx, hook, start(ctx), took=took, exact=took) for hook, start in _STARTS.items()}
+    for hook in _STARTS:
+        got, expected = shared[hook], alone[hook]
+        assert got is not None and expected is not None
+        assert got.fires == expected.fires and got.took == expected.took
+        assert sorted(got.order, key=got.order.__getitem__) == sorted(expected.order, key=expected.order.__getitem__)
+        assert {k: v for k, v in got.approximate.items() if k in got.fires or k in got.took} == \
+            {k: v for k, v in expected.approximate.items() if k in expected.fires or k in expected.took}

@@ -108,6 +108,54 @@ class _Walker:
         marks = [f for f in ("mark", "connmark") if f in self.sp.fields]
         return (self.sp.forget(packets, *marks) if marks else packets).may()
 
+    def _shared(self, chain: Chain, packets: PacketSet) -> PacketSet | None:
+        """What comes back out of a chain that PREROUTING and OUTPUT both jump to (kube-proxy's
+        KUBE-SERVICES), from one walk shared by the hooks' walks (made once per context:
+        natlint.netfilter.shared_chains), recording what it reached for these packets; None
+        when the chain is not shared or the walk does not serve them: walk it as usual.
+        The walk's sets are packets before any NAT (a NAT rule ends the walk of what it
+        takes): restricted as they are."""
+        from natlint.netfilter import shared_chains as sc
+        from natlint.netfilter.engine import _NON_TERMINAL_NO_EFFECT
+
+        store = vars(self.ctx).setdefault("_natlint_shared_nat_walks", {})
+        shareable = store.get(None)
+        if shareable is None:
+            shareable = store[None] = sc.shareable_chains(self.table, _NON_TERMINAL_NO_EFFECT)
+        if chain.name not in shareable:
+            return None
+        key = (chain.name, self.took, self.exact)
+        run = store.get(key)
+        if run is None:
+            start = sc.start_of(self.sp, packets)
+            if start is None:
+                return None
+            walker = _Walker(self.ctx, self.table, self.result.hook, start, took=self.took, exact=self.exact)  # type: ignore[arg-type]
+            back = walker.run(chain, start, 1)  # type: ignore[arg-type]
+            run = store[key] = (start, walker.result, back)
+        start, walked, back = run
+        found = sc.condition(self.sp, start, packets)
+        if found is None:
+            return None
+        cond, rest = found
+        r = self.result
+        for key_id in sorted(walked.order, key=walked.order.__getitem__):
+            r.order.setdefault(key_id, len(r.order))
+            r.rules[key_id] = walked.rules[key_id]
+        for mine, theirs in ((r.fires, walked.fires), (r.took, walked.took)):
+            for key_id, part in theirs.items():
+                part = part & cond  # type: ignore[operator]
+                if not part.is_empty():
+                    seen = mine.get(key_id)
+                    mine[key_id] = part if seen is None else seen | part
+        for key_id, why in walked.approximate.items():  # read for the rules that fired or took
+            if key_id in r.fires or key_id in r.took:
+                r.approximate.setdefault(key_id, why)
+        back = back & cond  # type: ignore[operator]
+        if not rest.is_empty():  # type: ignore[attr-defined]
+            back = back | self.run(chain, rest, 1)  # type: ignore[arg-type]
+        return back  # type: ignore[no-any-return]
+
     def run(self, chain: Chain, live: PacketSet, depth: int) -> PacketSet:
         """The packets that come back out of the chain (RETURN or its end)."""
         returned = self.sp.none()
@@ -137,7 +185,8 @@ class _Walker:
                 sub = self.table.chains.get(name)
                 if sub is None:
                     continue  # undefined chain (NL101): assume it lets the packets continue
-                back = self.run(sub, hit, depth + 1)
+                shared = self._shared(sub, hit) if depth == 0 else None
+                back = shared if shared is not None else self.run(sub, hit, depth + 1)
                 if target.goto:
                     returned = returned | back
                     live = live - hit
@@ -416,6 +465,9 @@ def _build_inventory(ctx: CheckContext) -> DnatInventory:
         walked = walk_nat(ctx, hook, start(ctx), took=False, exact=False)
         if walked is not None:
             walks[hook] = walked
+    store = vars(ctx).get("_natlint_shared_nat_walks", {})
+    for done in [k for k in store if k is not None and k[1:] == (False, False)]:
+        del store[done]  # the inventory's walks are done: their shared walks need not stay alive
     paths = chain_paths(table, ("PREROUTING", "OUTPUT"))
     entries: list[DnatEntry] = []
     silent: list[tuple[Rule, tuple[tuple[str, ...], ...]]] = []

@@ -348,7 +348,7 @@ class Engine:
         runs = self._chain_runs.setdefault((table.name, chain.name), [])
         found = None
         for run in runs:
-            found = sc.condition(sp, run, b.packets, b.lazy)
+            found = sc.condition(sp, run.start, b.packets) if run.lazy == b.lazy else None
             if found is not None:
                 break
         else:
@@ -360,7 +360,7 @@ class Engine:
             stopped, returned = self._run_chain(table, chain, hook, _Branch(start, lazy=b.lazy), depth)
             run = sc.ChainRun(hook, start, b.lazy, list(stopped), returned, rewrites)
             runs.append(run)
-            found = sc.condition(sp, run, b.packets, b.lazy)
+            found = sc.condition(sp, run.start, b.packets)
             if found is None:  # cannot happen: the run's start holds the packets as asked
                 raise AssertionError(f"the shared run of {chain.name} does not serve its first caller")
         cond, rest = found

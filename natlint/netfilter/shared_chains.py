@@ -113,19 +113,17 @@ def shareable_chains(table: Table, no_effect: frozenset[str]) -> dict[str, froze
     return found
 
 
-def condition(sp: object, run: ChainRun, packets: object, lazy: frozenset[str]) -> tuple[object, object] | None:
-    """(``P``, the rest) when the run serves these packets but for the rest (those outside
-    its start, to run as usual; see the module's docstring), else None."""
-    if lazy != run.lazy:
-        return None
-    inside = packets & run.start  # type: ignore[operator]
+def condition(sp: object, start: object, packets: object) -> tuple[object, object] | None:
+    """(``P``, the rest) when a run on ``start`` serves these packets but for the rest (those
+    outside it, to run as usual; see the module's docstring), else None."""
+    inside = packets & start  # type: ignore[operator]
     if inside.is_empty():
         return None
     fixed = [f for f in _SET_FIELDS if f in sp.fields]  # type: ignore[attr-defined]
     cond = sp.forget(inside, *fixed) if fixed else inside  # type: ignore[attr-defined]
-    if (run.start & cond) != inside:
+    if (start & cond) != inside:
         return None
-    return cond, packets - run.start  # type: ignore[operator]
+    return cond, packets - start  # type: ignore[operator]
 
 
 def start_of(sp: object, packets: object) -> object | None:
