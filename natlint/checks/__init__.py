@@ -46,6 +46,7 @@ def run_checks(ruleset: Ruleset, host: HostModel | None = None, *, ctx: CheckCon
             findings.extend(check(context))
         except (BranchBudgetExceeded, BudgetExceeded) as exc:
             findings.append(_incomplete(ruleset, module.__name__.rsplit(".", 1)[-1], exc, context.budget_seconds))
+        context.release()
     findings.sort(key=Finding.sort_key)
     return findings
 
