@@ -697,3 +697,16 @@ def test_union_stream_unions_sets_as_they_come() -> None:
     assert union_stream(parts(), sp.none()) == sp.range("dport", 1, 11) and made == list(range(1, 12))
     assert union_stream(iter(()), sp.none()) == sp.none()
     assert union_stream([sp.value("dport", 5)], sp.none()) == sp.value("dport", 5)
+
+
+def test_hmark_sets_a_mark_natlint_does_not_compute() -> None:
+    # HMARK writes a hash of the packet into its mark: a later mark test may match or not,
+    # and the outcomes say why they are approximate (it was treated as a no-op)
+    dump = ("*mangle\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+            ":POSTROUTING ACCEPT [0:0]\n"
+            "-A PREROUTING -j HMARK --hmark-tuple src,dst --hmark-mod 10 --hmark-offset 100 --hmark-rnd 0x1\n"
+            "COMMIT\n*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+            "-A INPUT -m mark --mark 0x65 -j DROP\nCOMMIT\n")
+    outcomes = run(dump, dst="198.51.100.1", dport="22", **OUTSIDE_TCP)
+    assert {o.verdict for o in outcomes} == {"ACCEPT", "DROP"}
+    assert all(any("HMARK" in r for r in o.reasons) and o.certainty == "approximate" for o in outcomes)

@@ -210,6 +210,8 @@ class _Walker:
                     live = (live - hit) | self.sp.xmark(hit, "mark", action.value, action.mask)
             elif name == "CONNMARK":
                 live = (live - hit) | self.sp.forget(hit, "mark", "connmark")
+            elif name == "HMARK":
+                live = (live - hit) | self.sp.forget(hit, "mark")
             # any other target (LOG, unknown ones...) lets the packets continue: the
             # over-approximation keeps "never fires" claims sound
         return returned | live

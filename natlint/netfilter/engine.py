@@ -49,7 +49,7 @@ _TABLES_AT: dict[str, tuple[str, ...]] = {
 }
 _NON_TERMINAL_NO_EFFECT = frozenset({
     "LOG", "NFLOG", "ULOG", "TRACE", "TCPMSS", "CHECKSUM", "DSCP", "TOS", "TTL", "HL", "CLASSIFY",
-    "AUDIT", "SECMARK", "CONNSECMARK", "LED", "IDLETIMER", "RATEEST", "TEE", "ECN", "TCPOPTSTRIP", "HMARK",
+    "AUDIT", "SECMARK", "CONNSECMARK", "LED", "IDLETIMER", "RATEEST", "TEE", "ECN", "TCPOPTSTRIP",
 })
 _MAX_DEPTH = 64
 # What makes the kernel track connections in a network namespace (nf_ct_netns_get, called by
@@ -468,6 +468,9 @@ class Engine:
             live.append(b.extend(packets, step))
         elif name == "CONNMARK":
             live.append(_connmark_branch(sp, options, b, step))
+        elif name == "HMARK":  # mark := a hash of the packet's addresses and ports
+            live.append(b.extend(sp.forget(b.packets, "mark"), step,  # type: ignore[attr-defined]
+                                 ["HMARK sets a mark from a hash of the packet: natlint forgets the mark"]))
         elif name == "NOTRACK" or (name == "CT" and "notrack" in options):
             b = self._settle(b, b.lazy)  # the packets stop being NEW: record their tuple now
             packets = sp.assign(b.packets, "ctstate", "UNTRACKED")  # type: ignore[attr-defined]
