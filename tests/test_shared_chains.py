@@ -65,6 +65,7 @@ def test_a_shared_run_serves_exactly_what_a_second_run_gives(dump: Any, served: 
     shared, with_memo = _classify(first, share=True, steps=steps)
     _, without = _classify(first, share=False, steps=steps)
     assert (shared.chains_served > 0) is served  # OUTPUT served from PREROUTING's run
+    assert not any(shared._chain_runs.values())  # let go of once both hooks were served
     for got, expected in zip(with_memo, without, strict=True):
         assert got.keys() == expected.keys()
         for key, packets in expected.items():

@@ -358,12 +358,13 @@ class Engine:
             if start is None:
                 return None
             stopped, returned = self._run_chain(table, chain, hook, _Branch(start, lazy=b.lazy), depth)
-            run = sc.ChainRun(hook, start, b.lazy, list(stopped), returned, rewrites)
+            run = sc.ChainRun(hook, start, b.lazy, list(stopped), returned, rewrites, sc.callers(table, chain.name))
             runs.append(run)
             found = sc.condition(sp, run.start, b.packets)
             if found is None:  # cannot happen: the run's start holds the packets as asked
                 raise AssertionError(f"the shared run of {chain.name} does not serve its first caller")
         cond, rest = found
+        run.served.add(hook)
         if run.hook != hook:
             self.chains_served += 1
         cache: dict[frozenset[str], object] = {}
@@ -970,6 +971,8 @@ class Engine:
                     result = self.run_table(table, hook, todo)
                 finally:
                     self._all_new = False
+                for runs in self._chain_runs.values():  # every hook they serve is done with them
+                    runs[:] = [run for run in runs if not run.done()]
                 branches = self._merge(result.accepted + passing)
                 if after_nat is not None:
                     branches = after_nat(branches, outcomes)

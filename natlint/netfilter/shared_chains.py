@@ -25,7 +25,7 @@ one run per hook.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from natlint.model.ruleset import Chain, Table
@@ -33,7 +33,7 @@ from natlint.model.ruleset import Chain, Table
 if TYPE_CHECKING:
     from natlint.netfilter.engine import Verdict, _Branch
 
-__all__ = ["ChainRun", "condition", "restricted", "shareable_chains", "start_of"]
+__all__ = ["ChainRun", "callers", "condition", "restricted", "shareable_chains", "start_of"]
 
 _KEEP_TARGETS = frozenset({"MARK", "DNAT", "SNAT", "REJECT"})
 # Fields the shareable targets set without recording their old value.
@@ -50,6 +50,12 @@ class ChainRun:
     stopped: list[tuple[_Branch, Verdict]]
     returned: list[_Branch]
     rewrites: frozenset[str]  # tuple fields a NAT target of the closure may rewrite
+    callers: frozenset[str] = frozenset()  # the built-in chains that jump to it
+    served: set[str] = field(default_factory=set)  # the hooks it served (its own included)
+
+    def done(self) -> bool:
+        """Whether every caller has been served: the run need not stay alive any more."""
+        return self.callers <= self.served
 
 
 def _closure(table: Table, name: str) -> list[Chain] | None:
@@ -88,6 +94,13 @@ def _shareable(chains: Iterable[Chain], no_effect: frozenset[str]) -> tuple[bool
             elif target.name == "SNAT":
                 rewrites |= {"src", "sport"}
     return True, frozenset(rewrites)
+
+
+def callers(table: Table, name: str) -> frozenset[str]:
+    """The built-in chains of the table that jump to (or go to) the chain directly."""
+    return frozenset(chain.name for chain in table if chain.builtin
+                     and any(r.target is not None and r.target.kind == "chain" and r.target.name == name
+                             for r in chain.rules))
 
 
 def shareable_chains(table: Table, no_effect: frozenset[str]) -> dict[str, frozenset[str]]:
