@@ -137,7 +137,7 @@ class _Walker:
         found = sc.condition(self.sp, start, packets)
         if found is None:
             return None
-        cond, rest = found
+        cond, rest = found.cond, found.rest  # the walk's sets are before any NAT: tested as they are
         r = self.result
         for key_id in sorted(walked.order, key=walked.order.__getitem__):
             r.order.setdefault(key_id, len(r.order))

@@ -363,14 +363,13 @@ class Engine:
             found = sc.condition(sp, run.start, b.packets)
             if found is None:  # cannot happen: the run's start holds the packets as asked
                 raise AssertionError(f"the shared run of {chain.name} does not serve its first caller")
-        cond, rest = found
         run.served.add(hook)
         if run.hook != hook:
             self.chains_served += 1
         cache: dict[frozenset[str], object] = {}
 
         def serve(o: _Branch) -> _Branch | None:
-            packets = sc.restricted(sp, o.packets, cond, o.lazy, run.rewrites, cache)
+            packets = sc.restricted(sp, o.packets, found, o.lazy, run.rewrites, cache)
             if packets.is_empty():  # type: ignore[attr-defined]
                 return None
             # the run's steps (a step filter's) name the hook it was made for
@@ -384,8 +383,8 @@ class Engine:
             if kept is not None:
                 pile.append((kept, verdict))
         back = [kept for o in run.returned if (kept := serve(o)) is not None]
-        if not rest.is_empty():  # type: ignore[attr-defined]
-            more, returned = self._run_chain(table, chain, hook, b.with_packets(rest), depth)
+        if not found.rest.is_empty():  # type: ignore[attr-defined]
+            more, returned = self._run_chain(table, chain, hook, b.with_packets(found.rest), depth)
             pile.extend(more)
             back.extend(returned)
         return pile, back
@@ -991,7 +990,11 @@ class Engine:
         return self._routes
 
     def _route(self, branches: list[_Branch], outcomes: list[Outcome], *, output: bool = False
-               ) -> list[tuple[_Branch, object]]:
+               ) -> Iterator[tuple[_Branch, object]]:
+        """The branches split by the routing decision, each part with its decision (what no
+        route takes is dropped). Consumes ``branches``, and each part is let go of once the
+        caller is done with it: the thousands of translated branches of a big dump need not
+        stay alive beside the outcomes made of them."""
         sp = self.space
         routed: list[tuple[_Branch, object]] = []
         for b in branches:
@@ -1005,7 +1008,10 @@ class Engine:
                                             b.reasons))
                     continue
                 routed.append((b.with_packets(part), decision))
-        return routed
+        branches.clear()
+        routed.reverse()
+        while routed:
+            yield routed.pop()
 
 
 def _same_address(sp: object, packets: object) -> object:

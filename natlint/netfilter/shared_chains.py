@@ -33,7 +33,7 @@ from natlint.model.ruleset import Chain, Table
 if TYPE_CHECKING:
     from natlint.netfilter.engine import Verdict, _Branch
 
-__all__ = ["ChainRun", "callers", "condition", "restricted", "shareable_chains", "start_of"]
+__all__ = ["ChainRun", "Served", "callers", "condition", "restricted", "shareable_chains", "start_of"]
 
 _KEEP_TARGETS = frozenset({"MARK", "DNAT", "SNAT", "REJECT"})
 # Fields the shareable targets set without recording their old value.
@@ -126,17 +126,33 @@ def shareable_chains(table: Table, no_effect: frozenset[str]) -> dict[str, froze
     return found
 
 
-def condition(sp: object, start: object, packets: object) -> tuple[object, object] | None:
-    """(``P``, the rest) when a run on ``start`` serves these packets but for the rest (those
-    outside it, to run as usual; see the module's docstring), else None."""
+@dataclass
+class Served:
+    """How a run serves a caller's packets."""
+
+    cond: object  # P
+    rest: object  # the packets outside the run's start: run as usual
+    interfaces_only: bool  # P tests only the interfaces (never rewritten: no original to test)
+
+
+def condition(sp: object, start: object, packets: object) -> Served | None:
+    """How a run on ``start`` serves these packets but for the rest (those outside it, to run
+    as usual; see the module's docstring), or None when it does not."""
     inside = packets & start  # type: ignore[operator]
-    if inside.is_empty():
+    if inside.is_empty() or inside.may() != inside:  # opaque predicates: transforms forget some
         return None
+    rest = packets - start  # type: ignore[operator]
+    # the common case (the run's own caller, whose interfaces were forgotten): P is a test
+    # of the interfaces, at the top of the variable order: restricting costs a few nodes
+    others = [f for f in sp.fields if f not in ("iif", "oif")]  # type: ignore[attr-defined]
+    interfaces = sp.forget(inside, *others)  # type: ignore[attr-defined]
+    if (start & interfaces) == inside:
+        return Served(interfaces, rest, True)
     fixed = [f for f in _SET_FIELDS if f in sp.fields]  # type: ignore[attr-defined]
     cond = sp.forget(inside, *fixed) if fixed else inside  # type: ignore[attr-defined]
     if (start & cond) != inside:
         return None
-    return cond, packets - start  # type: ignore[operator]
+    return Served(cond, rest, False)
 
 
 def start_of(sp: object, packets: object) -> object | None:
@@ -148,15 +164,17 @@ def start_of(sp: object, packets: object) -> object | None:
     return start
 
 
-def restricted(sp: object, packets: object, cond: object, lazy: frozenset[str], rewrites: frozenset[str],
+def restricted(sp: object, packets: object, served: Served, lazy: frozenset[str], rewrites: frozenset[str],
                cache: dict[frozenset[str], object]) -> object:
-    """The outcome's packets restricted to the caller's (``cond``): a rewritten tuple field
-    is tested on its recorded original value (``cache``: the condition per set of such
+    """The outcome's packets restricted to the caller's (``served.cond``): a rewritten tuple
+    field is tested on its recorded original value (``cache``: the condition per set of such
     fields)."""
+    if served.interfaces_only:
+        return packets & served.cond  # type: ignore[operator]
     moved = frozenset(f for f in rewrites if f not in lazy)
     found = cache.get(moved)
     if found is None:
-        found = cond
+        cond = found = served.cond
         if moved:
             pairs: Sequence[tuple[str, str]] = [(f, f"orig_{f}") for f in sorted(moved)]
             found = sp.forget(sp.equate_fields(cond, pairs), *moved)  # type: ignore[attr-defined]
