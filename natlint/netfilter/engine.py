@@ -217,12 +217,13 @@ class Engine:
                  conntrack: bool | None = None, like: Engine | None = None, share_chains: bool = True) -> None:
         """``record_steps``: True records every step of a branch's way, and outcomes with
         different ways stay apart; False merges outcomes whatever their way (fates only: much
-        faster; outcomes have no steps); a function records only the steps it keeps, and outcomes that kept the same
-        steps merge (e.g. one outcome per DNAT rule instead of one per path through it).
+        faster; outcomes have no steps); a function records only the steps it keeps, and
+        outcomes that kept the same steps merge (e.g. one outcome per DNAT rule instead of one
+        per path through it).
         ``like``: an engine of the same ruleset, host and space whose compiled rules this
         one shares (a kube-proxy dump has tens of thousands of rules to compile).
-        ``share_chains``: an engine that records no steps runs a nat chain that several hooks
-        jump to once for all of them (natlint.netfilter.shared_chains)."""
+        ``share_chains``: an engine that records no steps, or only some, runs a nat chain
+        that several hooks jump to once for all of them (natlint.netfilter.shared_chains)."""
         from natlint.packets.compile import compile_interfaces
         from natlint.packets.space import PacketSpace
 
@@ -390,7 +391,7 @@ class Engine:
         return pile, back
 
     def _step(self, hook: str, table: Table, chain: Chain, rule: Rule, action: str) -> Step | None:
-        if not self.record_steps:
+        if not self.record_steps:  # not even made: one per rule a branch meets
             return None
         return self._kept(Step(hook, table.name, chain.name, rule.pos.line, rule.text, action, rule.index))
 

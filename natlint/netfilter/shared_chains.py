@@ -1,25 +1,27 @@
 """One run of a chain that several built-in chains jump to, restricted for each caller.
 
-kube-proxy's nat ``KUBE-SERVICES`` (and Docker's nat ``DOCKER``) is jumped to from both
-PREROUTING and OUTPUT: a check that classifies arriving and local traffic walks its thousands
-of rules twice. When nothing in the chain's closure tests or uses the interfaces, and its
-targets are among those whose effect is known (verdicts, jumps, MARK, DNAT, SNAT, and the
-targets the engine treats as no-ops), the chain does to every packet what it would do to it
-whatever interfaces the packet carries. So the chain is run once on the packets with their
-interfaces forgotten (``S``, from packets that test no opaque predicate), and a later
-caller's packets ``J`` within ``S`` are served from that run when ``J ∧ S = S ∧ P`` where
-``P`` does not test the fields the closure sets without a record of their old value (mark,
-connmark, the conntrack NAT flags): those must be as in ``S``. ``J - S`` runs as usual.
+kube-proxy's nat ``KUBE-SERVICES`` is jumped to from both PREROUTING and OUTPUT: a check that
+classifies arriving and local traffic walks its thousands of rules twice. When no rule of the
+chain's closure tests an interface (``-i``, ``-o``), and its targets are among those whose
+effect is known (verdicts, jumps, MARK, DNAT, SNAT, and the targets the engine treats as
+no-ops), the chain does to every packet what it would do to it whatever interfaces the packet
+carries. So the chain is run once on the packets with their interfaces forgotten (``S``, from
+packets that test no opaque predicate), and a later caller's packets ``J`` within ``S`` are
+served from that run when ``J ∧ S = S ∧ P`` where ``P`` does not test the fields the closure
+sets without a record of their old value (mark, connmark, the conntrack NAT flags): those
+must be as in ``S``. ``J - S`` runs as usual. (Docker's nat ``DOCKER`` tests ``-i docker0``:
+it is never shared.)
 
 Each outcome of the run is then restricted by ``P``. Fields the closure never changes are
 tested as they are; a tuple field a NAT target may have rewritten (nat table only, where
 every packet is NEW and its tuple at the chain's entry is its conntrack original tuple) is
 tested on ``orig_X`` once recorded, on ``X`` while still implicit (the branch's lazy fields).
 
-Only engines that record no steps use it (the steps would name the first caller's hook),
-in the nat table (which a check enters once per hook; a filter chain is entered once per
-branch, where the bookkeeping would cost more than it saves), from the built-in chain itself,
-one run per hook.
+Engines that record no steps, or only those a filter keeps, use it (the served steps name the
+caller's hook); an engine that records every step (a trace, the kernel's ground truth) runs
+each hook itself. Only in the nat table (which a check enters once per hook; a filter chain is
+entered once per branch, where the bookkeeping would cost more than it saves), from the
+built-in chain itself, one run per hook; the run is let go of once every caller was served.
 """
 
 from __future__ import annotations
@@ -96,25 +98,28 @@ def _shareable(chains: Iterable[Chain], no_effect: frozenset[str]) -> tuple[bool
     return True, frozenset(rewrites)
 
 
-def callers(table: Table, name: str) -> frozenset[str]:
-    """The built-in chains of the table that jump to (or go to) the chain directly."""
-    return frozenset(chain.name for chain in table if chain.builtin
-                     and any(r.target is not None and r.target.kind == "chain" and r.target.name == name
-                             for r in chain.rules))
-
-
-def shareable_chains(table: Table, no_effect: frozenset[str]) -> dict[str, frozenset[str]]:
-    """The chains of the table that two or more of its built-in chains jump to (or go to)
-    directly and whose closure qualifies: name -> the tuple fields it may rewrite."""
-    callers: dict[str, set[str]] = {}
+def _jumped_to(table: Table) -> dict[str, set[str]]:
+    """Chain name -> the built-in chains of the table that jump to (or go to) it directly."""
+    found: dict[str, set[str]] = {}
     for chain in table:
         if not chain.builtin:
             continue
         for rule in chain.rules:
             if rule.target is not None and rule.target.kind == "chain":
-                callers.setdefault(rule.target.name, set()).add(chain.name)
+                found.setdefault(rule.target.name, set()).add(chain.name)
+    return found
+
+
+def callers(table: Table, name: str) -> frozenset[str]:
+    """The built-in chains of the table that jump to (or go to) the chain directly."""
+    return frozenset(_jumped_to(table).get(name, ()))
+
+
+def shareable_chains(table: Table, no_effect: frozenset[str]) -> dict[str, frozenset[str]]:
+    """The chains of the table that two or more of its built-in chains jump to (or go to)
+    directly and whose closure qualifies: name -> the tuple fields it may rewrite."""
     found: dict[str, frozenset[str]] = {}
-    for name, hooks in callers.items():
+    for name, hooks in _jumped_to(table).items():
         if len(hooks) < 2:
             continue
         chains = _closure(table, name)
