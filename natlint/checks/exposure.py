@@ -172,7 +172,7 @@ class _Published:
 
     dnat: Rule
     outcomes: list[Outcome] = field(default_factory=list)
-    _union: Any = None
+    _union: Any = field(default=None, repr=False, compare=False)
 
     def packets(self) -> Any:
         """The union of the outcomes' packets (made once: every check asks for it)."""
