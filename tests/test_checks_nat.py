@@ -12,6 +12,7 @@ from natlint.checks import CheckContext, nat
 from natlint.checks.dnat import dnat_inventory, full_walk, key_fields_of
 from natlint.findings import Finding
 from natlint.host.model import HostModel, IfAddress, Interface, Route, cidr
+from natlint.model.values import parse_prefix
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "fixtures" / "lint" / "nl3xx"
@@ -160,6 +161,24 @@ def test_inventory_keeps_the_keys_of_a_range_dnat_with_its_reasons() -> None:
     assert isinstance(entry.key, dict) and entry.reasons  # translated once, for its reasons
     after = entry.key["PREROUTING"].pick()
     assert after is not None and after.dport == 80 and after.orig_dport == 8080
+
+
+@pytest.mark.parametrize("dump", [synth.kube_proxy(6, 2), synth.docker_host(3, 2)], ids=["kube-proxy", "docker"])
+def test_an_entrys_probe_meets_what_its_key_meets(dump: str) -> None:
+    # NL301 tests each DNAT's rewritten connections, not its key, against the fates (sets of
+    # the key fields without opaque predicates): two ∃ fewer per DNAT, the same answers
+    ctx = CheckContext(natlint.load(dump))
+    inv = dnat_inventory(ctx)
+    sp = ctx.engine.space
+    pairs = [(e, hook) for e in inv for hook in e.key]
+    keys = [e.key[hook] for e, hook in pairs]
+    others = [key_fields_of(sp, sp.prefix("orig_dst", parse_prefix("10.96.0.0/13", 4))),  # type: ignore[attr-defined]
+              key_fields_of(sp, sp.value("dport", 80))]  # type: ignore[attr-defined]
+    for fate in keys + others:
+        assert fate.may() == fate
+        for (entry, hook), key in zip(pairs, keys, strict=True):
+            assert entry.probe(hook).intersects(fate) == key.intersects(fate)
+    assert any(not isinstance(e.key, dict) for e in inv)  # some keys are made on demand: probed
 
 
 @pytest.mark.parametrize("path", sorted(REFERENCE.glob("*.rules")) if REFERENCE.is_dir() else [],

@@ -319,6 +319,14 @@ class DnatEntry:
     def hooks(self) -> tuple[str, ...]:
         return tuple(self.fires)
 
+    def probe(self, hook: str) -> PacketSet:
+        """A set that meets a set of the key fields testing no opaque predicate exactly when
+        ``key[hook]`` does (the key is the probe with the other fields and the opaque
+        predicates forgotten): the rewritten connections when the key would be made from
+        them on demand (two ∃ fewer for each of the 27,500 DNATs of a 100k-rule kube-proxy
+        dump), else the key."""
+        return self.rewritten[hook] if isinstance(self.key, _Rewritten) else self.key[hook]
+
     @property
     def target_text(self) -> str:
         assert self.rule.target is not None

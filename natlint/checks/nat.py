@@ -256,19 +256,23 @@ def _unreachable(ctx: CheckContext, inventory: DnatInventory) -> Iterator[Findin
         # the source free; the witness trace below chooses it.
         fates["OUTPUT"] = _fates(sp, plain.local(local & fired["OUTPUT"]))  # type: ignore[operator]
     plain.release()  # the runs kept for other interfaces and hooks (nat KUBE-SERVICES) are done
+    # the fates test only key fields: an entry's probe meets them when its key does, unless
+    # they test opaque predicates (DnatEntry.probe)
+    plain_fates = {hook: all(s.may() == s for s in (f.unknown, f.delivered, f.dead)) for hook, f in fates.items()}
     for entry in inventory:
         dead_parts: list[tuple[str, PacketSet]] = []
         delivered_parts: list[str] = []
-        for hook, key in entry.key.items():
+        for hook in entry.key:
             f = fates.get(hook)
             if f is None:
                 continue
-            if key.intersects(f.unknown):
+            probe = entry.probe(hook) if plain_fates[hook] else entry.key[hook]
+            if probe.intersects(f.unknown):
                 delivered_parts.append(hook)  # natlint cannot tell: treat as working
-            elif key.intersects(f.delivered):
+            elif probe.intersects(f.delivered):
                 delivered_parts.append(hook)
-            elif key.intersects(f.dead):
-                dead_parts.append((hook, key & f.dead))
+            elif probe.intersects(f.dead):
+                dead_parts.append((hook, entry.key[hook] & f.dead))
         if not dead_parts:
             continue
         finding = _explain_unreachable(ctx, entry, dead_parts, delivered_parts, fates)
