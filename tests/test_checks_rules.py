@@ -201,3 +201,24 @@ def test_reference_dumps_have_no_warning() -> None:
     for path in sorted(REFERENCE.glob("*.rules")):
         found = list(check(CheckContext(natlint.load(path))))
         assert [f for f in found if f.severity != "info"] == [], path.name
+
+
+CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
+
+
+def test_a_rule_compiled_without_a_reason_tests_no_opaque_predicate() -> None:
+    # the reachability walk takes may() and must() of such a rule to be its set, without an
+    # ∃ and a ∀ over every opaque predicate (two operations for each of 100k rules)
+    dumps = [natlint.load(synth.kube_proxy(8, 3)), natlint.load(synth.docker_host(4, 2))]
+    if CORPUS.is_dir():
+        dumps += [natlint.load(p) for p in sorted(CORPUS.rglob("iptables-save*"))[:12] if p.is_file()]
+    checked = 0
+    for ruleset in dumps:
+        ctx = CheckContext(ruleset)
+        for rule in ruleset.rules():
+            compiled = ctx.engine.compiled(rule)
+            s = compiled.set  # type: ignore[attr-defined]
+            if not compiled.approximate:  # type: ignore[attr-defined]
+                assert s.may() == s == s.must(), rule.text
+                checked += 1
+    assert checked > 100

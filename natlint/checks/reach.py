@@ -248,7 +248,8 @@ class TableReach:
             else:
                 compiled = self._compile(rule)
             s = compiled.set
-            may, must = s.may(), s.must()
+            # opaque predicates are only in a set compiled with a reason (no ∃/∀ for the others)
+            may, must = (s.may(), s.must()) if compiled.approximate else (s, s)
             if names & _DROPPED_MODULES:
                 must = self.space.none()
             found = View(may, must, compiled)
