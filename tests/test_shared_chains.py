@@ -1,9 +1,10 @@
 """One run of a nat chain that PREROUTING and OUTPUT both jump to, restricted per caller.
 
-An engine that records no steps runs kube-proxy's nat KUBE-SERVICES (or Docker's nat DOCKER)
-once for arriving and local traffic (natlint.netfilter.shared_chains). Whatever it serves must
-be exactly what running the chain again gives: the outcomes are compared, set for set, with
-those of an engine that does not share.
+An engine that records no steps (or only some) runs kube-proxy's nat KUBE-SERVICES once for
+arriving and local traffic (natlint.netfilter.shared_chains; Docker's nat DOCKER tests an input
+interface and is never shared). Whatever it serves must be exactly what running the chain again
+gives: the outcomes are compared, set for set and step for step, with those of an engine that
+does not share; so are the DNAT inventory's walks.
 """
 
 from __future__ import annotations
