@@ -22,9 +22,10 @@ target, a conntrack/state/connmark match, CT...): without one, nat chains never 
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 from natlint.model.ruleset import Chain, Rule, Ruleset, Table, Target
 from natlint.model.values import Prefix
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
 __all__ = ["Engine", "Outcome", "Step", "Delivery", "BranchBudgetExceeded", "ORIG_PAIRS", "uses_conntrack"]
 
 Verdict = Literal["ACCEPT", "DROP", "REJECT", "QUEUE", "UNKNOWN"]
+_T = TypeVar("_T")
 Hook = Literal["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"]
 
 # Table order per hook by priority (raw -300, mangle -150, nat DNAT -100, filter 0,
@@ -181,11 +183,8 @@ class _Pile:
         other.clear()
 
     def _push(self, b: _Branch, weight: int) -> None:
-        stack = self._stacks.setdefault(_history(b, steps=False), [])
-        stack.append((weight, b))
-        while len(stack) > 1 and stack[-1][0] >= stack[-2][0]:
-            (w1, b1), (w2, b2) = stack.pop(), stack.pop()
-            stack.append((w1 + w2, b2.with_packets(b2.packets | b1.packets)))  # type: ignore[operator]
+        _carry(self._stacks.setdefault(_history(b, steps=False), []), weight, b,
+               lambda older, newer: older.with_packets(older.packets | newer.packets))  # type: ignore[operator]
 
     def __iter__(self) -> Iterator[tuple[_Branch, Verdict]]:
         yield from self.items
@@ -1165,6 +1164,16 @@ def union_all(sets: Sequence[object], *, consume: bool = False) -> object:
     return level[0]
 
 
+def _carry(stack: list[tuple[int, _T]], weight: int, item: _T, join: Callable[[_T, _T], _T]) -> None:
+    """Push ``item`` (a union of ``weight`` parts) on a binary counter of partial unions: the
+    top two are joined while the newer weighs as much as the older, so the stack holds about
+    log2(n) unions and they pair up as :func:`union_all`'s balanced tree does."""
+    stack.append((weight, item))
+    while len(stack) > 1 and stack[-1][0] >= stack[-2][0]:
+        (w1, newer), (w2, older) = stack.pop(), stack.pop()
+        stack.append((w1 + w2, join(older, newer)))
+
+
 def union_stream(sets: Iterable[object], empty: object) -> object:
     """The union of the sets as they come (``empty`` when there is none), as the same
     balanced tree as :func:`union_all` (a binary counter: two partial unions of the same
@@ -1172,10 +1181,7 @@ def union_stream(sets: Iterable[object], empty: object) -> object:
     sets need not all be alive at once."""
     stack: list[tuple[int, object]] = []
     for s in sets:
-        stack.append((1, s))
-        while len(stack) > 1 and stack[-1][0] >= stack[-2][0]:
-            (w1, a), (w2, b) = stack.pop(), stack.pop()
-            stack.append((w1 + w2, b | a))  # type: ignore[operator]
+        _carry(stack, 1, s, operator.or_)
     if not stack:
         return empty
     found = stack.pop()[1]
