@@ -131,7 +131,7 @@ def test_the_nat_walks_of_both_hooks_share_one_walk_of_kube_services(took: bool)
     ctx = CheckContext(ruleset, budget_seconds=None)
     shared = {hook: walk_nat(ctx, hook, start(ctx), took=took, exact=took) for hook, start in _STARTS.items()}
     assert ("KUBE-SERVICES", took, took) in vars(ctx)["_natlint_shared_nat_walks"]
-    vars(ctx)["_natlint_shared_nat_walks"] = {None: {}}  # no chain is shared: each hook walks it
+    ctx.engine._shareable["nat"] = {}  # no chain is shared: each hook walks it
     alone = {hook: walk_nat(ctx, hook, start(ctx), took=took, exact=took) for hook, start in _STARTS.items()}
     for hook in _STARTS:
         got, expected = shared[hook], alone[hook]

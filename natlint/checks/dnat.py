@@ -116,14 +116,10 @@ class _Walker:
         The walk's sets are packets before any NAT (a NAT rule ends the walk of what it
         takes): restricted as they are."""
         from natlint.netfilter import shared_chains as sc
-        from natlint.netfilter.engine import _NON_TERMINAL_NO_EFFECT
 
-        store = vars(self.ctx).setdefault("_natlint_shared_nat_walks", {})
-        shareable = store.get(None)
-        if shareable is None:
-            shareable = store[None] = sc.shareable_chains(self.table, _NON_TERMINAL_NO_EFFECT)
-        if chain.name not in shareable:
+        if chain.name not in self.engine.shareable_chains(self.table):
             return None
+        store = vars(self.ctx).setdefault("_natlint_shared_nat_walks", {})
         key = (chain.name, self.took, self.exact)
         run = store.get(key)
         if run is None:
@@ -475,9 +471,7 @@ def _build_inventory(ctx: CheckContext) -> DnatInventory:
         walked = walk_nat(ctx, hook, start(ctx), took=False, exact=False)
         if walked is not None:
             walks[hook] = walked
-    store = vars(ctx).get("_natlint_shared_nat_walks", {})
-    for done in [k for k in store if k is not None and k[1:] == (False, False)]:
-        del store[done]  # the inventory's walks are done: their shared walks need not stay alive
+    vars(ctx).pop("_natlint_shared_nat_walks", None)  # the walks are done: their shared walks need not stay alive
     paths = chain_paths(table, ("PREROUTING", "OUTPUT"))
     entries: list[DnatEntry] = []
     silent: list[tuple[Rule, tuple[tuple[str, ...], ...]]] = []

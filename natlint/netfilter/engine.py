@@ -331,6 +331,14 @@ class Engine:
         returned.extend(live)
         return stopped, returned
 
+    def shareable_chains(self, table: Table) -> dict[str, frozenset[str]]:
+        """The table's chains one run may serve for several hooks, with the tuple fields they
+        may rewrite (natlint.netfilter.shared_chains; made once per table)."""
+        found = self._shareable.get(table.name)
+        if found is None:
+            found = self._shareable[table.name] = sc.shareable_chains(table, _NON_TERMINAL_NO_EFFECT)
+        return found
+
     def _shared_run(self, table: Table, chain: Chain, hook: str, b: _Branch, depth: int
                     ) -> tuple[_Pile, list[_Branch]] | None:
         """The chain's outcomes for the branch from one run shared by the built-in chains
@@ -338,10 +346,7 @@ class Engine:
         Engines that record every step run it as usual (a trace asks once per hook)."""
         if (self.record_steps and self._keep is None) or not self.share_chains or table.name != "nat" or depth != 1:
             return None
-        shareable = self._shareable.get(table.name)
-        if shareable is None:
-            shareable = self._shareable[table.name] = sc.shareable_chains(table, _NON_TERMINAL_NO_EFFECT)
-        rewrites = shareable.get(chain.name)
+        rewrites = self.shareable_chains(table).get(chain.name)
         if rewrites is None:
             return None
         sp = self.space
