@@ -378,6 +378,7 @@ class KernelView:
 
 
 _REJECTED = frozenset({"refused", "unreachable", "reset"})
+_STOPPED_LOCALLY = "DROP or REJECT"  # the kernel view of a host's datagram that send() refused
 
 
 def kernel_view(res: ProbeResult, lm: LabMap) -> KernelView:
@@ -395,15 +396,18 @@ def kernel_view(res: ProbeResult, lm: LabMap) -> KernelView:
         a = arrivals[0]
         return KernelView("ACCEPT", a.ns, "arrived", a.src, a.sport if ports else None, a.dst,
                           a.dport if ports else None, path)
-    # EACCES for a probe from outside the host: an ICMPv6 administratively-prohibited error
-    # (a locally sent packet dropped in OUTPUT gives EPERM, also "denied")
-    rejected = res.client in _REJECTED or (res.client == "denied" and res.probe.src_ns != "host")
-    verdict = "REJECT" if rejected else "DROP"
+    # EACCES for a probe from outside the host: an ICMPv6 administratively-prohibited error.
+    # A datagram the host sends and its own OUTPUT (or POSTROUTING) drops or rejects fails
+    # with EPERM, also "denied", before any answer could arrive: either verdict fits.
+    if res.client == "denied" and res.probe.src_ns == "host":
+        return KernelView(_STOPPED_LOCALLY, None, "-", path=path)
+    verdict = "REJECT" if res.client in _REJECTED or res.client == "denied" else "DROP"
     return KernelView(verdict, None, "-", path=path)
 
 
 def natlint_path(outcome: Outcome) -> tuple[tuple[str, str, int | str], ...]:
-    return tuple((s.table, s.chain, s.index) for s in outcome.steps if s.index is not None)
+    """The first packet's steps (not those of the answer a REJECT sent: another packet)."""
+    return tuple((s.table, s.chain, s.index) for s in outcome.steps if s.index is not None and not s.reply)
 
 
 def _endpoints(outcome: Outcome, engine: Engine, lm: LabMap) -> set[str | None]:
@@ -438,7 +442,8 @@ def problems(outcome: Outcome, kv: KernelView, engine: Engine, lm: LabMap) -> li
         expected = {"REJECT": "REJECT"}.get(outcome.verdict, "DROP")
         by_routing = outcome.steps and outcome.steps[-1].hook == "ROUTING"
         # routing answers "no route" with an ICMP error, a blackhole route silently: either
-        if expected != kv.verdict and not by_routing:
+        either = kv.verdict == _STOPPED_LOCALLY and outcome.verdict in ("DROP", "REJECT")
+        if expected != kv.verdict and not by_routing and not either:
             out.append(f"verdict: natlint {outcome.verdict} != kernel {kv.verdict}")
     else:
         for name, value in (("src", kv.src), ("sport", kv.sport), ("dst", kv.dst), ("dport", kv.dport)):

@@ -86,6 +86,8 @@ class Step:
 
     ``index`` is the rule's 1-based position in its chain (as ``iptables -L --line-numbers``
     and the kernel's trace count), ``"policy"`` for a chain policy, None for routing.
+    ``reply``: a step of the answer a REJECT sent, not of the packet itself
+    (natlint.netfilter.replies).
     """
 
     hook: str
@@ -95,10 +97,11 @@ class Step:
     rule: str | None
     action: str
     index: int | Literal["policy"] | None = None
+    reply: bool = False
 
     def to_dict(self) -> dict[str, object]:
         return {"hook": self.hook, "table": self.table, "chain": self.chain, "line": self.line,
-                "index": self.index, "rule": self.rule, "action": self.action}
+                "index": self.index, "rule": self.rule, "action": self.action, "reply": self.reply}
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,6 +274,12 @@ class Engine:
         result = _TableResult()
         table = self.ruleset.tables.get(table_name)
         chain = table.chains.get(hook) if table is not None else None
+        if chain is not None and chain.pos is None and not chain.rules:
+            # A built-in chain the dump neither declares nor appends to does not exist with
+            # iptables-nft (a base chain is made when declared or first appended to): the
+            # packet crosses no chain there, as if the table had none (legacy iptables has
+            # the chain, with policy ACCEPT: the same verdict).
+            chain = None
         if table is None or chain is None:
             result.accepted.extend(branches)
             return result

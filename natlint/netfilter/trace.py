@@ -71,9 +71,13 @@ def query_set(engine: Engine, query: TraceQuery) -> object:
 
 
 def trace(ruleset: Ruleset, host: object, query: TraceQuery, *, engine: Engine | None = None) -> list[Outcome]:
+    from natlint.netfilter.replies import follow_replies
+
     engine = engine or Engine(ruleset, host)
     packets = query_set(engine, query)
     outcomes = engine.local(packets, choose_source=not query.src) if query.local else engine.arriving(packets)
+    # what the sender sees: a REJECT whose answer the host's own chains drop is a DROP
+    outcomes = follow_replies(engine, outcomes)
     found = [o for o in outcomes if not o.packets.is_empty()]  # type: ignore[attr-defined]
     # The biggest share of the class first: a query that leaves a field open (any source)
     # reads best when the usual fate comes before the corner cases (a spoofed 127.0.0.1
@@ -99,5 +103,6 @@ def outcome_to_dict(outcome: Outcome) -> dict[str, object]:
         "steps": [s.to_dict() for s in outcome.steps],
         "certainty": outcome.certainty,
         "reasons": list(outcome.reasons),
+        "note": outcome.note,
         "class": outcome.packets.describe(),  # type: ignore[attr-defined]
     }

@@ -42,10 +42,16 @@ def format_trace(outcomes: Sequence[Outcome]) -> str:
             lines.append(f"  e.g. proto {pkt.proto} {pkt.src}{ports}")
             if pkt.orig_dst != pkt.dst or pkt.orig_src != pkt.src or pkt.orig_dport != pkt.dport:
                 lines.append(f"  before NAT: {pkt.orig_src}:{pkt.orig_sport} -> {pkt.orig_dst}:{pkt.orig_dport}")
+        answered = False
         for step in outcome.steps:
+            if step.reply and not answered:
+                lines.append("    the answer the REJECT sends:")
+                answered = True
             where = f"{step.hook:<11} {step.table}/{step.chain}"
             rule = f"  line {step.line}: {clean(step.rule)}" if step.rule else ""
             lines.append(f"    {where:<34} {clean(step.action)}{rule}")
+        if outcome.note:
+            lines.append(f"  note: {clean(outcome.note)}")
         for reason in outcome.reasons:
             lines.append(f"  ~ approximate: {clean(reason)}")
         blocks.append("\n".join(lines))
