@@ -45,7 +45,8 @@ def one(outcomes: list[Outcome]) -> Outcome:
 
 
 def path(outcome: Outcome) -> list[tuple[str, str, int | str | None]]:
-    return [(s.table, s.chain, s.index) for s in outcome.steps if s.index is not None]
+    """The traced packet's own steps (not those of a REJECT's answer or of a handshake's replies)."""
+    return [(s.table, s.chain, s.index) for s in outcome.steps if s.index is not None and not s.reply]
 
 
 def pkt(outcome: Outcome) -> Any:
@@ -292,6 +293,9 @@ def test_mark_set_then_matched_by_nat_and_filter() -> None:
         ("mangle", "FORWARD", 1), ("mangle", "FORWARD", "policy"), ("filter", "FORWARD", 1),
         ("mangle", "POSTROUTING", "policy"), ("nat", "POSTROUTING", "policy"),
     ]
+    # c1's SYN-ACK comes in on docker0, gets connmark 0x20 restored as its mark, and FORWARD
+    # accepts only mark 0x101: the connection never completes
+    assert o.connection == "fails" and [s.chain for s in o.steps if s.reply][-1] == "FORWARD"
     unmarked = one(run(MARKS, dst="198.51.100.1", dport="8081", **OUTSIDE_TCP))
     assert unmarked.verdict == "DROP" and pkt(unmarked).mark == 0
 

@@ -629,7 +629,8 @@ def test_kernelcheck_topology_of_a_docker_host() -> None:
     assert topo["host"] == {
         "ext_if": "eth0", "ext_addr": "198.51.100.1/24", "gw": None, "extra_addrs": [], "routes": [],
         "sysctls": {"net.ipv4.ip_forward": "1", "net.ipv4.conf.all.rp_filter": "0",
-                    "net.ipv4.conf.default.rp_filter": "0", "net.bridge.bridge-nf-call-iptables": "1"},
+                    "net.ipv4.conf.default.rp_filter": "0", "net.bridge.bridge-nf-call-iptables": "1",
+                    "net.ipv4.icmp_ratelimit": "0"},
     }
     # the same peers as kernelcheck's default topology
     assert topo["outside"] == {"addr": "198.51.100.2/24", "gw": "198.51.100.1", "routes": []}

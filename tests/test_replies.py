@@ -1,6 +1,8 @@
-"""The answer a REJECT sends, followed through the host's own chains (natlint.netfilter.replies),
-and built-in chains a dump never names. The kernel's side of both: fixtures/kernel/
-reject-answer.rules and the corpus runs of tests/test_corpus_kernel.py."""
+"""What natlint trace says the sender sees (natlint.netfilter.replies): the answer a REJECT
+sends and the rest of a TCP handshake, followed through the host's own chains; and built-in
+chains a dump never names. The kernel's side: fixtures/kernel/reject-answer.rules and
+handshake.rules (tests/test_engine_kernel.py) and the corpus runs of
+tests/test_corpus_kernel.py."""
 
 from __future__ import annotations
 
@@ -128,3 +130,65 @@ def test_builtin_chains_a_dump_never_names_are_not_crossed() -> None:
     [outcome] = _trace(declared, dport="22")
     assert [(s.table, s.chain, s.index) for s in outcome.steps] == [("nat", "PREROUTING", "policy"),
                                                                    ("filter", "INPUT", 1)]
+
+
+# ---- the TCP handshake of an accepted SYN
+
+
+def test_a_synack_that_output_drops_never_completes() -> None:
+    text = ("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT DROP [0:0]\n"
+            "-A OUTPUT -p tcp --sport 22 -m conntrack --ctstate ESTABLISHED -j ACCEPT\nCOMMIT\n")
+    [outcome] = _trace(text, dport="53")
+    assert outcome.verdict == "ACCEPT" and outcome.delivered is not None and outcome.delivered.to == "local"
+    assert outcome.connection == "fails"
+    answer = [s for s in outcome.steps if s.reply]
+    assert answer and answer[-1].hook == "OUTPUT" and answer[-1].index == "policy"
+    assert outcome.note is not None and "SYN-ACK" in outcome.note
+    [outcome] = _trace(text, dport="22")
+    assert outcome.connection == "completes" and not any(s.reply for s in outcome.steps)
+
+
+def test_the_clients_ack_must_pass_too() -> None:
+    text = ("*filter\n:INPUT DROP [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+            "-A INPUT -p tcp --dport 22 -m conntrack --ctstate NEW -j ACCEPT\nCOMMIT\n")
+    [outcome] = _trace(text, dport="22")
+    assert outcome.connection == "fails"
+    assert outcome.note is not None and "client's ACK" in outcome.note
+    fixed = text.replace("-A INPUT -p", "-A INPUT -m conntrack --ctstate ESTABLISHED -j ACCEPT\n-A INPUT -p")
+    [outcome] = _trace(fixed, dport="22")
+    assert outcome.connection == "completes"
+
+
+def test_an_untracked_synack_is_invalid_unless_raw_notracks_it() -> None:
+    text = ("*raw\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n-A PREROUTING -p tcp --dport 80 -j NOTRACK\n"
+            "COMMIT\n*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT DROP [0:0]\n"
+            "-A OUTPUT -m conntrack --ctstate UNTRACKED -j ACCEPT\nCOMMIT\n")
+    [outcome] = _trace(text, dport="80")
+    assert outcome.connection == "fails"
+    both = text.replace("COMMIT\n*filter", "-A OUTPUT -p tcp --sport 80 -j NOTRACK\nCOMMIT\n*filter")
+    [outcome] = _trace(both, dport="80")
+    assert outcome.connection == "completes"
+
+
+def test_a_forwarded_connection_whose_replies_forward_drops() -> None:
+    # a published port whose FORWARD lets the SYN in but has no rule for the way back
+    text = ("*nat\n:PREROUTING ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n"
+            "-A PREROUTING -i eth0 -p tcp --dport 8080 -j DNAT --to-destination 172.17.0.2:80\nCOMMIT\n"
+            "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+            "-A FORWARD -o docker0 -p tcp --dport 80 -j ACCEPT\nCOMMIT\n")
+    [outcome] = _trace(text, dport="8080")
+    assert outcome.delivered is not None and outcome.delivered.interface == "docker0"
+    assert outcome.connection == "fails"
+    answer = [s for s in outcome.steps if s.reply]
+    assert answer[-1].hook == "FORWARD" and answer[-1].index == "policy"
+    back = "-A FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n"
+    fixed = text.replace("-A FORWARD -o", back + "-A FORWARD -o")
+    [outcome] = _trace(fixed, dport="8080")
+    assert outcome.connection is None  # the SYN-ACK passes; the ACK of a DNATed connection is not followed
+    assert not any(s.reply for s in outcome.steps)
+
+
+def test_udp_and_ranges_are_not_followed() -> None:
+    text = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT DROP [0:0]\nCOMMIT\n"
+    assert [o.connection for o in _trace(text, proto="udp", dport="53")] == [None]
+    assert [o.connection for o in _trace(text, dport="53", src="198.51.100.0/28")] == [None]

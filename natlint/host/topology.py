@@ -98,6 +98,9 @@ def to_kernelcheck_topology(host: HostModel) -> dict[str, object]:
             "net.ipv4.conf.all.rp_filter": "0",
             "net.ipv4.conf.default.rp_filter": "0",
             "net.bridge.bridge-nf-call-iptables": "1" if host.br_netfilter else "0",
+            # a lab setting, not the host's: ICMP errors are rate limited per peer (1/s), so
+            # back-to-back probes answered by REJECT would otherwise look dropped
+            "net.ipv4.icmp_ratelimit": "0",
         }
     else:
         sysctls = {

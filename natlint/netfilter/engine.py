@@ -112,7 +112,12 @@ class Delivery:
 
 @dataclass(frozen=True)
 class Outcome:
-    """A set of packets that share one fate."""
+    """A set of packets that share one fate.
+
+    ``connection``: for a TCP SYN that is accepted, whether the handshake then completes
+    ("completes": the SYN-ACK and the client's ACK pass too; "fails": one of them is
+    dropped, the client times out), None when natlint did not follow it (only
+    ``natlint trace`` does: natlint.netfilter.replies)."""
 
     packets: object  # a natlint.packets PacketSet (after all NAT)
     verdict: Verdict
@@ -120,6 +125,7 @@ class Outcome:
     steps: tuple[Step, ...]
     reasons: tuple[str, ...] = ()
     note: str | None = None
+    connection: Literal["completes", "fails"] | None = None
 
     @property
     def certainty(self) -> Literal["exact", "approximate"]:

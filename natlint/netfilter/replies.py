@@ -1,9 +1,13 @@
-"""What the sender of a rejected packet sees: the answer REJECT sends has its own way out.
+"""What the sender sees: the answer a REJECT sends, and the rest of a TCP handshake.
 
+Both are packets other than the traced one, with their own way through the host's chains;
+``natlint trace`` follows them (the checks judge the packets themselves).
+
+**REJECT.**
 REJECT drops the packet and answers it: a TCP reset (``--reject-with tcp-reset``) or an ICMP
 error (every other type). That answer is a packet the host itself sends, and it crosses the
-host's own chains like any other (measured on 6.18 in a network namespace,
-tests/test_replies_kernel.py):
+host's own chains like any other (measured on 6.18 in a network namespace;
+fixtures/kernel/reject-answer.rules checks it on every CI run):
 
 * raw, mangle and filter OUTPUT, then mangle POSTROUTING, and back through PREROUTING and
   INPUT when it goes to the host itself (a rejected connection the host opened);
@@ -20,6 +24,17 @@ Shorewall ``Reject`` chain that drops non-SYN TCP in OUTPUT swallows the resets 
 REJECTs, and a host whose OUTPUT rejects everything but a few users never sees the errors
 of its own rejected connections. :func:`follow_replies` turns such a REJECT outcome into a
 DROP, with the answer's way as steps marked ``reply``.
+
+**The handshake.** An accepted SYN reaches the listener, which counts a connection only
+once the SYN-ACK got out and the client's ACK got in. Both are ESTABLISHED packets of the
+connection; after a SYN that raw NOTRACKed, the SYN-ACK is INVALID unless a raw OUTPUT rule
+NOTRACKs it too (measured), and the ACK, unless NOTRACKed, is picked up as a NEW connection
+(nf_conntrack_tcp_loose). When the host's chains drop
+either, the outcome stays ACCEPT (the SYN was delivered) with ``connection="fails"``, the
+dropped packet's way as ``reply`` steps and a note: the client times out. A host whose
+OUTPUT policy is DROP with no ESTABLISHED rule accepts every SYN in INPUT and completes no
+connection (measured on a corpus firewall); fixtures/kernel/handshake.rules checks it on
+every CI run. See :func:`_handshake` for what is not followed.
 
 What is not followed, and left as REJECT: an answer the kernel never sends (to a TCP reset,
 to a fragment), a class whose addresses are not single values (``natlint trace --src
@@ -41,7 +56,7 @@ from natlint.netfilter.engine import Engine, Outcome, Step
 __all__ = ["follow_replies"]
 
 _TCP = 6
-_RST, _ACK = 0x04, 0x10
+_SYN, _RST, _ACK = 0x02, 0x04, 0x10
 _ICMP_UNREACH = {4: (1, 3), 6: (58, 1)}  # (protocol, "destination unreachable" type)
 _ICMP_CODES = {
     "icmp-net-unreachable": 0, "icmp-host-unreachable": 1, "icmp-proto-unreachable": 2,
@@ -57,10 +72,16 @@ _DEAD = frozenset({"DROP", "REJECT"})
 
 
 def follow_replies(engine: Engine, outcomes: Iterable[Outcome]) -> list[Outcome]:
-    """The outcomes, with each REJECT whose answer the host's own chains drop made a DROP."""
+    """The outcomes, with each REJECT whose answer the host's own chains drop made a DROP,
+    and each accepted TCP SYN told whether its handshake completes (``connection``)."""
     found: list[Outcome] = []
     for outcome in outcomes:
-        found.extend(_follow(engine, outcome) if outcome.verdict == "REJECT" else [outcome])
+        if outcome.verdict == "REJECT":
+            found.extend(_follow(engine, outcome))
+        elif outcome.verdict == "ACCEPT" and outcome.delivered is not None:
+            found.append(_handshake(engine, outcome))
+        else:
+            found.append(outcome)
     return found
 
 
@@ -209,3 +230,94 @@ def _unique(items: tuple[str, ...]) -> tuple[str, ...]:
 
 def _join(note: str | None, more: str) -> str:
     return more if not note else f"{note}; {more}"
+
+
+# ---------------------------------------------------------------------------------------------
+# The TCP handshake of an accepted SYN
+
+
+def _handshake(engine: Engine, outcome: Outcome) -> Outcome:
+    """``outcome`` with ``connection`` set when natlint can follow the handshake: the SYN-ACK
+    the receiver sends back (ESTABLISHED, from the host's socket through OUTPUT, or from the
+    receiver into PREROUTING, FORWARD and POSTROUTING) and the client's ACK (ESTABLISHED, the
+    SYN's own way). "fails" when the host's chains drop either; "completes" when both pass
+    and the receiver is the host or a container behind one of its bridges. A connection that
+    SNAT rewrote is left alone (its answer comes back to the translated address), and so is
+    the ACK of one that DNAT rewrote (nat PREROUTING rewrites it between mangle and filter)."""
+    sp: Any = engine.space
+    packets: Any = outcome.packets
+    delivered = outcome.delivered
+    assert delivered is not None
+    if _single(packets, "proto") != _TCP or not packets.issubset(sp.value("tcp_flags", _SYN)):
+        return outcome
+    if packets.issubset(sp.ctstate(["NEW"])):
+        states = ("ESTABLISHED", "ESTABLISHED")  # (the SYN-ACK's, the ACK's)
+    elif packets.issubset(sp.ctstate(["UNTRACKED"])):
+        # raw NOTRACKed the SYN: conntrack finds no connection for the SYN-ACK (INVALID) and
+        # picks the ACK up as a new one; either is UNTRACKED if a raw rule NOTRACKs it too
+        # (measured on 6.18)
+        states = ("INVALID", "NEW")
+    else:
+        return outcome
+    src, dst, iif = _single(packets, "src"), _single(packets, "dst"), _single(packets, "iif")
+    sports, dports = packets.values("sport", limit=16), packets.values("dport", limit=16)
+    if src is None or dst is None or iif is None or sports is None or dports is None:
+        return outcome
+    if sp.decode("iif", iif) in (None, "lo") or packets.intersects(sp.value("ct_snat", True)):
+        return outcome  # sent by the host itself, or SNATed: not followed
+    dnat = packets.intersects(sp.value("ct_dnat", True))
+    if dnat and not packets.issubset(sp.value("ct_dnat", True)):
+        return outcome
+    head = (sp.value("proto", _TCP) & sp.value("src", sp.decode("dst", dst)) & sp.value("dst", sp.decode("src", src))
+            & _ranges(sp, "sport", dports) & _ranges(sp, "dport", sports) & sp.value("tcp_flags", _SYN | _ACK))
+    synack = _later(sp, packets, head, states[0])
+    if delivered.to == "local":
+        back = engine.local(synack & sp.iface("iif", None))
+    else:
+        if delivered.interface is None:
+            return outcome
+        back = engine.arriving(synack & sp.iface("iif", delivered.interface))
+    ways: list[tuple[str, list[Outcome]]] = [("SYN-ACK", back)]
+    if not dnat:  # the client's ACK: the SYN's own way, ESTABLISHED
+        ack = _later(sp, packets, sp.forget(packets, *(n for n in sp.fields if n not in _SAME))
+                     & sp.value("tcp_flags", _ACK), states[1])
+        ways.append(("client's ACK", engine.arriving(ack & sp.iface("iif", sp.decode("iif", iif)))))
+    for what, fates in ways:
+        fates = [o for o in fates if not o.packets.is_empty()]  # type: ignore[attr-defined]
+        dead = [o for o in fates if o.verdict in _DEAD]
+        if not dead:
+            continue
+        where = _where(dead[0].decided_by)
+        if len(dead) < len(fates):
+            reason = f"the {what} of this connection may be dropped ({where}): it may never complete"
+            return replace(outcome, reasons=_unique(outcome.reasons + (reason,)))
+        reasons = _unique(outcome.reasons + tuple(r for o in dead for r in o.reasons))
+        note = (f"the SYN gets through, but the {what} is dropped ({where}): the TCP connection never"
+                " completes and the client times out")
+        answer = tuple(replace(st, reply=True) for st in dead[0].steps)
+        return replace(outcome, steps=outcome.steps + answer, reasons=reasons, note=_join(outcome.note, note),
+                       connection="fails")
+    if len(ways) < 2 or any(not o.packets.is_empty() and o.verdict != "ACCEPT"  # type: ignore[attr-defined]
+                            for _what, fates in ways for o in fates):
+        return outcome
+    if delivered.to == "out" and delivered.interface not in {b.name for b in engine.host.bridges()}:  # type: ignore[attr-defined]
+        # beyond an interface that is not one of the host's bridges (whose containers route
+        # back through the host), whether the receiver's answer finds its way back to an
+        # address that was not translated is up to networks natlint does not see
+        return outcome
+    return replace(outcome, connection="completes")
+
+
+_SAME = ("src", "dst", "sport", "dport", "proto", "iif", "orig_src", "orig_dst", "orig_sport", "orig_dport",
+         "connmark", "ct_dnat", "ct_snat")
+
+
+def _later(sp: Any, packets: Any, head: Any, state: str) -> Any:
+    """A later packet of the connection (header ``head``): in ``state``, mark 0, no output
+    interface yet, the connection's original tuple, conntrack mark and NAT flags."""
+    rest = [name for name in sp.fields if name not in _KEPT]
+    kept = sp.forget(packets, *rest)
+    fresh = sp.ctstate([state]) & sp.iface("oif", None) & sp.value("fragment", False)
+    if "mark" in sp.fields:
+        fresh = fresh & sp.value("mark", 0)
+    return sp.forget(head, *_KEPT, "ctstate", "oif", "mark", "fragment", "iif") & fresh & kept

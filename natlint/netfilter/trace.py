@@ -104,5 +104,6 @@ def outcome_to_dict(outcome: Outcome) -> dict[str, object]:
         "certainty": outcome.certainty,
         "reasons": list(outcome.reasons),
         "note": outcome.note,
+        "connection": outcome.connection,
         "class": outcome.packets.describe(),  # type: ignore[attr-defined]
     }

@@ -22,9 +22,10 @@ def _where(outcome: Outcome) -> str:
             by = f" by the {step.table} {step.chain} {step.action}"
         return {"DROP": "dropped", "REJECT": "rejected", "QUEUE": "queued to userspace"}.get(
             outcome.verdict, "fate unknown") + by
+    fails = ", but the TCP connection never completes" if outcome.connection == "fails" else ""
     if outcome.delivered.to == "local":
-        return "delivered to a local socket on this host"
-    return f"forwarded out of {outcome.delivered.interface}"
+        return "delivered to a local socket on this host" + fails
+    return f"forwarded out of {outcome.delivered.interface}" + fails
 
 
 def format_trace(outcomes: Sequence[Outcome]) -> str:
@@ -45,7 +46,8 @@ def format_trace(outcomes: Sequence[Outcome]) -> str:
         answered = False
         for step in outcome.steps:
             if step.reply and not answered:
-                lines.append("    the answer the REJECT sends:")
+                lines.append("    the answer the REJECT sends:" if outcome.verdict != "ACCEPT"
+                             else "    the packet of the handshake that is dropped:")
                 answered = True
             where = f"{step.hook:<11} {step.table}/{step.chain}"
             rule = f"  line {step.line}: {clean(step.rule)}" if step.rule else ""
