@@ -192,3 +192,11 @@ def test_udp_and_ranges_are_not_followed() -> None:
     text = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT DROP [0:0]\nCOMMIT\n"
     assert [o.connection for o in _trace(text, proto="udp", dport="53")] == [None]
     assert [o.connection for o in _trace(text, dport="53", src="198.51.100.0/28")] == [None]
+
+
+def test_the_answer_to_an_untracked_packet_is_not_followed() -> None:
+    # no connection to answer on: natlint leaves the REJECT as the rule says
+    text = ("*raw\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n-A PREROUTING -p tcp --dport 23 -j NOTRACK\n"
+            "COMMIT\n" + _HEAD + _REJECT_23 + "-A OUTPUT -j DROP\nCOMMIT\n")
+    [outcome] = _trace(text)
+    assert outcome.verdict == "REJECT" and not any(s.reply for s in outcome.steps)

@@ -86,8 +86,8 @@ class Step:
 
     ``index`` is the rule's 1-based position in its chain (as ``iptables -L --line-numbers``
     and the kernel's trace count), ``"policy"`` for a chain policy, None for routing.
-    ``reply``: a step of the answer a REJECT sent, not of the packet itself
-    (natlint.netfilter.replies).
+    ``reply``: a step of another packet than the traced one: the answer a REJECT sent, or
+    the SYN-ACK or ACK a failing handshake loses (natlint.netfilter.replies).
     """
 
     hook: str

@@ -67,7 +67,6 @@ _ICMP_CODES = {
 }
 _DEFAULT = {4: "icmp-port-unreachable", 6: "icmp6-port-unreachable"}
 _KEPT = ("orig_src", "orig_dst", "orig_sport", "orig_dport", "connmark", "ct_dnat", "ct_snat")
-_TUPLE = ("src", "dst", "sport", "dport")
 _DEAD = frozenset({"DROP", "REJECT"})
 
 
@@ -123,6 +122,8 @@ def _follow(engine: Engine, outcome: Outcome) -> list[Outcome]:
                                                           " (the class holds more than one address or protocol)"))]
     if packets.intersects(sp.value("fragment", True)):
         return [outcome]  # no answer to a fragment: left as natlint found it
+    if not packets.issubset(sp.ctstate(["NEW", "ESTABLISHED", "RELATED"])):
+        return [outcome]  # no connection to answer on (UNTRACKED, INVALID): not followed
     if kind in ("tcp-reset", "tcp-rst"):
         if proto != _TCP or packets.intersects(sp.masked("tcp_flags", _RST, _RST)):
             return [outcome]  # the kernel sends no reset for a reset (nor for what is not TCP)
@@ -197,14 +198,8 @@ def _icmp_errors(sp: Any, family: int) -> Any:
 
 
 def _answer(sp: Any, packets: Any, head: Any) -> Any:
-    """The answer's header ``head``, sent by the host on the rejected packet's connection:
-    RELATED, mark 0, that connection's original tuple, conntrack mark and NAT flags."""
-    rest = [name for name in sp.fields if name not in _KEPT]
-    kept = sp.forget(packets, *rest)
-    fresh = (sp.ctstate(["RELATED"]) & sp.iface("iif", None) & sp.value("fragment", False))
-    if "mark" in sp.fields:
-        fresh = fresh & sp.value("mark", 0)
-    return sp.forget(head, *_KEPT) & fresh & kept
+    """The answer (header ``head``) the host sends on the rejected packet's connection: RELATED."""
+    return _later(sp, packets, head, "RELATED") & sp.iface("iif", None)
 
 
 def _ranges(sp: Any, name: str, intervals: list[tuple[int, int]]) -> Any:
@@ -320,4 +315,5 @@ def _later(sp: Any, packets: Any, head: Any, state: str) -> Any:
     fresh = sp.ctstate([state]) & sp.iface("oif", None) & sp.value("fragment", False)
     if "mark" in sp.fields:
         fresh = fresh & sp.value("mark", 0)
-    return sp.forget(head, *_KEPT, "ctstate", "oif", "mark", "fragment", "iif") & fresh & kept
+    renewed = [n for n in (*_KEPT, "ctstate", "oif", "mark", "fragment", "iif") if n in sp.fields]
+    return sp.forget(head, *renewed) & fresh & kept
