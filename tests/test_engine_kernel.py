@@ -410,7 +410,8 @@ def kernel_view(res: ProbeResult, lm: LabMap) -> KernelView:
 
 
 def natlint_path(outcome: Outcome) -> tuple[tuple[str, str, int | str], ...]:
-    """The first packet's steps (not those of the answer a REJECT sent: another packet)."""
+    """The first packet's steps (not the reply steps of another packet: a REJECT's answer, a
+    handshake's SYN-ACK or ACK)."""
     return tuple((s.table, s.chain, s.index) for s in outcome.steps if s.index is not None and not s.reply)
 
 
@@ -536,7 +537,7 @@ SUMMARY: dict[str, Tally] = {}
 
 
 def summary_line(summary: Mapping[str, Tally], what: str) -> str | None:
-    """"natlint vs kernel: A/N probes agree over K dumps" (None when nothing ran)."""
+    """The summary line, 'natlint vs kernel: A/N probes agree over K' (None when nothing ran)."""
     if not summary:
         return None
     total = sum(t.probes for t in summary.values())

@@ -76,7 +76,8 @@ def trace(ruleset: Ruleset, host: object, query: TraceQuery, *, engine: Engine |
     engine = engine or Engine(ruleset, host)
     packets = query_set(engine, query)
     outcomes = engine.local(packets, choose_source=not query.src) if query.local else engine.arriving(packets)
-    # what the sender sees: a REJECT whose answer the host's own chains drop is a DROP
+    # what the sender sees: a REJECT whose answer the host's own chains drop is a DROP, and
+    # an accepted SYN is told whether its handshake completes (natlint.netfilter.replies)
     outcomes = follow_replies(engine, outcomes)
     found = [o for o in outcomes if not o.packets.is_empty()]  # type: ignore[attr-defined]
     # The biggest share of the class first: a query that leaves a field open (any source)
