@@ -36,6 +36,7 @@ __all__ = [
     "NatWalk",
     "arriving_start",
     "dnat_inventory",
+    "first_packet",
     "full_walk",
     "key_fields_of",
     "local_start",
@@ -239,6 +240,17 @@ def _fresh(sp: PacketSpace) -> PacketSet:
     """A connection's first packet: state NEW, no NAT yet, not a fragment."""
     return (sp.ctstate(["NEW"]) & sp.value("ct_dnat", False) & sp.value("ct_snat", False)
             & sp.value("fragment", False))
+
+
+def first_packet(sp: PacketSpace) -> PacketSet:
+    """A connection's first packet as its sender makes it: :func:`_fresh`, no mark and no
+    conntrack mark yet, and a TCP one is a SYN (exposure's classes, NL204's connections)."""
+    s = _fresh(sp) & sp.iface("oif", None)
+    for name in ("mark", "connmark"):
+        if name in sp.widths:
+            s = s & sp.value(name, 0)
+    tcp = sp.value("proto", 6)
+    return s & ((tcp & sp.value("tcp_flags", 0x02)) | (sp.all() - tcp))
 
 
 def arriving_start(ctx: CheckContext) -> PacketSet:

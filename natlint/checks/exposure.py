@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from natlint.checks.context import CheckContext
+from natlint.checks.dnat import first_packet
 from natlint.findings import Code, Finding, Related, register
 from natlint.model.ruleset import Rule, Ruleset
 from natlint.model.values import PROTOCOL_NAMES, Interface, Prefix, parse_prefix
@@ -103,17 +104,6 @@ _MAX_RELATED = 4
 
 
 # ------------------------------------------------------------------------------ helpers
-
-
-def _fresh(sp: Any) -> Any:
-    """Packets as they start: no mark, no NAT yet, no fragment, NEW (a TCP SYN)."""
-    s = sp.ctstate(["NEW"]) & sp.iface("oif", None)
-    for name in ("mark", "connmark"):
-        if name in sp.widths:
-            s = s & sp.value(name, 0)
-    s = s & sp.value("ct_dnat", False) & sp.value("ct_snat", False) & sp.value("fragment", False)
-    tcp = sp.value("proto", 6)
-    return s & ((tcp & sp.value("tcp_flags", 0x02)) | (sp.all() - tcp))
 
 
 def _prefixes(sp: Any, name: str, prefixes: Iterable[Prefix]) -> Any:
@@ -281,7 +271,7 @@ class _Analysis:
 
     def arriving(self) -> dict[int, _Published]:
         sp = self.sp
-        cls = _fresh(sp) & _prefixes(sp, "dst", self.local_prefixes)
+        cls = first_packet(sp) & _prefixes(sp, "dst", self.local_prefixes)
         cls = cls - _iif(sp, None) - _iif(sp, "lo")
         try:
             return self.published(self.classifier.arriving(cls), "PREROUTING")
@@ -295,7 +285,7 @@ class _Analysis:
         # and to ::1 the loopback source; fixed here rather than with choose_source (src = dst
         # over a whole /8 is a BDD of 2**24 nodes: src and dst are apart in the variable order)
         source = parse_prefix("127.0.0.1" if family == 4 else "::1", family)
-        cls = _fresh(sp) & _iif(sp, None) & self.loopback & sp.prefix("src", source)
+        cls = first_packet(sp) & _iif(sp, None) & self.loopback & sp.prefix("src", source)
         try:
             return self.published(self.classifier.local(cls), "OUTPUT", routing_drops=True)
         finally:

@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from natlint.checks.context import CheckContext
+from natlint.checks.dnat import first_packet
 from natlint.findings import Code, Finding, Related, register
 from natlint.model.values import Prefix
 from natlint.netfilter.engine import Engine, Outcome, Step, union_all
@@ -65,13 +66,12 @@ def check(ctx: CheckContext) -> Iterator[Finding]:
     own = [a.host for i in ctx.host.interfaces if not i.loopback for a in i.addresses if a.version == family]
     if not own:
         return
-    plain = Engine(ctx.ruleset, ctx.host, space=sp, record_steps=False, max_branches=ctx.max_branches,
-                   like=ctx.engine)
+    plain = ctx.stepless_engine()
     mine = union_all([sp.prefix("dst", p) for p in own])
     dead = _unanswered(sp, plain, own, mine, family)
     if dead.is_empty():
         return  # every (address, port) can answer some client: nothing more to ask
-    syns = _fresh(sp) & mine & dead - sp.iface("iif", None) - sp.iface("iif", "lo")
+    syns = _syn(sp) & mine & dead - sp.iface("iif", None) - sp.iface("iif", "lo")
     delivered = [o.packets for o in plain.arriving(syns)
                  if o.verdict == "ACCEPT" and o.delivered is not None and o.delivered.to == "local"]
     if not delivered:
@@ -82,17 +82,13 @@ def check(ctx: CheckContext) -> Iterator[Finding]:
     # back to the packets as sent (no NAT: the same header) for the traced engine
     fresh_fields = ("mark", "connmark", "ctstate", "oif", "orig_src", "orig_dst", "orig_sport", "orig_dport")
     failing = sp.forget(failing, *(n for n in fresh_fields if n in sp.fields))
-    failing = _fresh(sp) & failing & sp.iface("oif", None)
+    failing = _syn(sp) & failing
     yield from _findings(ctx, failing)
 
 
-def _fresh(sp: Any) -> Any:
+def _syn(sp: Any) -> Any:
     """New TCP connections as they arrive: a SYN, no mark, no NAT yet."""
-    s = sp.value("proto", _TCP) & sp.value("tcp_flags", _SYN) & sp.ctstate(["NEW"]) & sp.iface("oif", None)
-    for name in ("mark", "connmark"):
-        if name in sp.fields:
-            s = s & sp.value(name, 0)
-    return s & sp.value("ct_dnat", False) & sp.value("ct_snat", False) & sp.value("fragment", False)
+    return first_packet(sp) & sp.value("proto", _TCP)
 
 
 def _unanswered(sp: Any, plain: Engine, own: list[Prefix], mine: Any, family: int) -> Any:

@@ -143,17 +143,6 @@ def _space(ctx: CheckContext) -> PacketSpace:
     return ctx.engine.space  # type: ignore[return-value]
 
 
-def _plain_engine(ctx: CheckContext) -> Engine:
-    """An engine on the context's space that records no steps (fates only: much faster)."""
-    found = vars(ctx).get("_natlint_plain_engine")
-    if isinstance(found, Engine):
-        return found
-    engine = Engine(ctx.ruleset, ctx.host, space=ctx.engine.space, record_steps=False,
-                    max_branches=ctx.max_branches, like=ctx.engine)
-    vars(ctx)["_natlint_plain_engine"] = engine
-    return engine
-
-
 def _arriving_query(ctx: CheckContext, engine: Engine) -> PacketSet:
     sp = _space(ctx)
     s: PacketSet = query_set(engine, TraceQuery())  # type: ignore[assignment]
@@ -239,7 +228,7 @@ def _fates(sp: PacketSpace, outcomes: list[Outcome]) -> _Fates:
 
 def _unreachable(ctx: CheckContext, inventory: DnatInventory) -> Iterator[Finding]:
     sp = _space(ctx)
-    plain = _plain_engine(ctx)
+    plain = ctx.stepless_engine()
     fates: dict[str, _Fates] = {}
     # Only what some DNAT rewrites is classified (all traffic at once costs far more). The
     # inventory's fires have the marks nat rules set on the way (KUBE-MARK-MASQ) forgotten:
@@ -583,7 +572,7 @@ def _missing_masquerade(ctx: CheckContext) -> Iterator[Finding]:
     if not externals or ("filter" not in ctx.ruleset.tables and "nat" not in ctx.ruleset.tables):
         return
     sp = _space(ctx)
-    plain = _plain_engine(ctx)
+    plain = ctx.stepless_engine()
     base = _arriving_query(ctx, plain)
     public = _public(sp, host)
     sources: list[tuple[str, Prefix]] = []

@@ -158,17 +158,23 @@ def _follow(engine: Engine, outcome: Outcome) -> list[Outcome]:
 
 def _reset(sp: Any, packets: Any, src: int, dst: int) -> Any:
     """The reset: from the rejected packet's destination to its source, ports swapped."""
-    sports, dports = packets.values("sport", limit=16), packets.values("dport", limit=16)
-    if sports is None or dports is None:
-        return None
     flags = sp.none()
     if packets.intersects(sp.masked("tcp_flags", 0, _ACK)):
         flags = flags | sp.value("tcp_flags", _RST | _ACK)
     if packets.intersects(sp.masked("tcp_flags", _ACK, _ACK)):
         flags = flags | sp.value("tcp_flags", _RST)
-    head = (sp.value("proto", _TCP) & sp.value("src", sp.decode("dst", dst)) & sp.value("dst", sp.decode("src", src))
-            & _ranges(sp, "sport", dports) & _ranges(sp, "dport", sports) & flags)
-    return _answer(sp, packets, head)
+    head = _swapped_tcp(sp, packets, src, dst)
+    return None if head is None else _answer(sp, packets, head & flags)
+
+
+def _swapped_tcp(sp: Any, packets: Any, src: int, dst: int) -> Any:
+    """A TCP header going back the other way: from the packets' destination ``dst`` and
+    ports to their source ``src`` and ports (None: the ports are too scattered)."""
+    sports, dports = packets.values("sport", limit=16), packets.values("dport", limit=16)
+    if sports is None or dports is None:
+        return None
+    return (sp.value("proto", _TCP) & sp.value("src", sp.decode("dst", dst)) & sp.value("dst", sp.decode("src", src))
+            & _ranges(sp, "sport", dports) & _ranges(sp, "dport", sports))
 
 
 def _icmp_error(sp: Any, packets: Any, family: int, src: int, dst: int, code: int, *, local: bool) -> Any:
@@ -255,17 +261,17 @@ def _handshake(engine: Engine, outcome: Outcome) -> Outcome:
     else:
         return outcome
     src, dst, iif = _single(packets, "src"), _single(packets, "dst"), _single(packets, "iif")
-    sports, dports = packets.values("sport", limit=16), packets.values("dport", limit=16)
-    if src is None or dst is None or iif is None or sports is None or dports is None:
+    if src is None or dst is None or iif is None:
         return outcome
     if sp.decode("iif", iif) in (None, "lo") or packets.intersects(sp.value("ct_snat", True)):
         return outcome  # sent by the host itself, or SNATed: not followed
     dnat = packets.intersects(sp.value("ct_dnat", True))
     if dnat and not packets.issubset(sp.value("ct_dnat", True)):
         return outcome
-    head = (sp.value("proto", _TCP) & sp.value("src", sp.decode("dst", dst)) & sp.value("dst", sp.decode("src", src))
-            & _ranges(sp, "sport", dports) & _ranges(sp, "dport", sports) & sp.value("tcp_flags", _SYN | _ACK))
-    synack = _later(sp, packets, head, states[0])
+    head = _swapped_tcp(sp, packets, src, dst)
+    if head is None:
+        return outcome
+    synack = _later(sp, packets, head & sp.value("tcp_flags", _SYN | _ACK), states[0])
     if delivered.to == "local":
         back = engine.local(synack & sp.iface("iif", None))
     else:
