@@ -537,6 +537,11 @@ class Engine:
         key = id(rule)
         found = self._orig_reads.get(key)
         if found is None:
+            from natlint.packets.compile import may_read_original_tuple
+
+            if not may_read_original_tuple(rule):
+                found = self._orig_reads[key] = frozenset()
+        if found is None:
             sp = self.space
             by_field = {f: sp.variables(f"orig_{f}") for f in _TUPLE if f"orig_{f}" in sp.fields}  # type: ignore[attr-defined]
             # one test for the whole tuple first: almost no rule reads it

@@ -156,6 +156,17 @@ class _Ctx:
         return ("rule", r.pos.path, r.pos.line, r.table, r.chain, r.index, what, index)
 
 
+_ORIGINAL_TUPLE_OPTIONS = frozenset({"ctorigsrc", "ctorigdst", "ctorigsrcport", "ctorigdstport"})
+
+
+def may_read_original_tuple(rule: Rule) -> bool:
+    """Whether the rule's tests may read the conntrack original tuple (``orig_*``): only
+    ``-m conntrack --ctorig*`` compiles to such tests. A check on the text, before a test of
+    the compiled set."""
+    return any(m.name == "conntrack" and any(o.name in _ORIGINAL_TUPLE_OPTIONS for o in m.options)
+               for m in rule.matches)
+
+
 def compile_rule(space: PacketSpace, rule: Rule, host: HostLike | None = None) -> Compiled:
     """The packets matching all of ``rule``'s tests (core options and matches).
 
@@ -329,10 +340,15 @@ def _l4(cx: _Ctx, match: Match, protocols: Iterable[int]) -> PacketSet:
     """What every layer-4 match shares: the protocol (iptables refuses the rule without the
     matching -p) and no non-first fragment (the kernel's match returns false on those)."""
     sp = cx.space
-    proto = sp.none()
-    for p in protocols:
-        proto |= sp.value("proto", p)
-    return proto & sp.value("fragment", False)
+    wanted = tuple(protocols)
+
+    def build() -> PacketSet:
+        proto = sp.none()
+        for p in wanted:
+            proto |= sp.value("proto", p)
+        return proto & sp.value("fragment", False)
+
+    return sp.memo(("l4", wanted), build)  # the same few sets for every -m tcp / -m udp
 
 
 def _tcp(cx: _Ctx, match: Match) -> PacketSet:

@@ -479,6 +479,7 @@ class PacketSpace:
         # field equalities): the analysis of a big dump asks for the same ones thousands of times.
         self._qcubes: dict[tuple[object, ...], _Node] = {}
         self._node_cache: dict[tuple[object, ...], _Node] = {}
+        self._bit_vars: dict[tuple[object, ...], tuple[tuple[str, ...], tuple[str, ...]]] = {}
         self._memo: dict[Hashable, PacketSet] = {}
         self._interleaving: dict[tuple[str, str], bool] = {}
         self._labels: set[str] = set()
@@ -1129,8 +1130,13 @@ class PacketSpace:
         value &= full
         mask &= full
         names = self._vars[name]
-        fixed = [names[width - 1 - i] for i in range(width) if mask >> i & 1]
-        flipped = [names[width - 1 - i] for i in range(width) if flip and not mask >> i & 1 and value >> i & 1]
+        key = ("bits-vars", name, value, mask, flip)
+        found = self._bit_vars.get(key)
+        if found is None:  # once per target: KUBE-MARK-MASQ runs tens of thousands of times
+            found = self._bit_vars[key] = (
+                tuple(names[width - 1 - i] for i in range(width) if mask >> i & 1),
+                tuple(names[width - 1 - i] for i in range(width) if flip and not mask >> i & 1 and value >> i & 1))
+        fixed, flipped = found
 
         def constants() -> _Node:
             return self._bdd.cube({names[width - 1 - i]: bool(value >> i & 1) for i in range(width) if mask >> i & 1})
@@ -1138,7 +1144,7 @@ class PacketSpace:
         def build() -> _Node:
             node = packets.node
             if fixed or flipped:
-                node = self._forget_vars(node, (), tuple(fixed), (name,))
+                node = self._forget_vars(node, (), fixed, (name,))
             if flipped:
                 node = self._bdd.let({v: ~self._bdd.var(v) for v in flipped}, node)
             if fixed:
