@@ -15,6 +15,7 @@ from oracle import kernel_available, restore
 
 import natlint
 from natlint.checks import run_checks
+from natlint.host import read_host_file
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 _EXPECT = re.compile(r"^# expect: (.*)$", re.M)
@@ -35,8 +36,15 @@ def _expected(path: Path) -> set[tuple[str, int]]:
     return found
 
 
+_HOST = re.compile(r"^# host: (\S+)$", re.M)
+
+
 def _reported(path: Path) -> list[natlint.findings.Finding]:  # type: ignore[name-defined]
-    return [f for f in run_checks(natlint.load(path)) if f.severity in ("error", "warning")]
+    """The findings, under the host model the fixture names (``# host: FILE``, as the kernel
+    tests build their lab from), else the inferred one."""
+    named = _HOST.search(path.read_text())
+    host = read_host_file(path.parent / named.group(1)) if named else None
+    return [f for f in run_checks(natlint.load(path), host) if f.severity in ("error", "warning")]
 
 
 @pytest.mark.parametrize("path", _fixtures(), ids=lambda p: str(p.relative_to(FIXTURES)))

@@ -12,8 +12,11 @@ How: the SYN-ACKs the host could send from each of its addresses and ports to an
 address and ephemeral client port (32768-60999) go through the local path first (cheap:
 nat does not run for them). Only when some (address, port) has no SYN-ACK that survives,
 to any remote address at all, are the new TCP connections that arrive on the host's
-interfaces classified; those delivered to such an (address, port) without NAT are
-reported, one finding per INPUT rule (or policy) that accepted them, with a witness traced
+interfaces classified, from clients the host answers through the interface they came in
+by (a source the host model routes nothing back to, through an interface whose subnet no
+rule names, could be anyone: natlint says nothing about it); those delivered to such an
+(address, port) without NAT are reported, one finding per INPUT rule (or policy) that
+accepted them, with a witness traced
 through ``natlint trace``'s handshake (natlint.netfilter.replies). A SYN-ACK that an
 undecidable match may let through counts as getting through: natlint reports only what
 fails for every client.
@@ -30,7 +33,8 @@ from natlint.findings import Code, Finding, Related, register
 from natlint.model.values import Prefix
 from natlint.netfilter.engine import Engine, Outcome, Step, union_all
 
-__all__ = ["check"]
+__all__ = ["ACK", "DEAD", "EPHEMERAL", "LOOPBACK", "SYN", "TCP", "accepting", "check", "dropped_at",
+           "handshake_finding"]
 
 register(Code(
     "NL204", "connection-never-completes", "warning",
@@ -48,14 +52,14 @@ register(Code(
     "COMMIT",
 ))
 
-_TCP = 6
-_SYN, _ACK = 0x02, 0x10
-_DEAD = frozenset({"DROP", "REJECT"})
+TCP = 6
+SYN, ACK = 0x02, 0x10
+DEAD = frozenset({"DROP", "REJECT"})
 # Clients connect from an ephemeral port: Linux's default ip_local_port_range (Windows and the
 # BSDs use 49152-65535, inside it). A rule that lets the SYN-ACK out only to client port 53
 # or 80 does not make a service answerable.
-_EPHEMERAL = (32768, 60999)
-_LOOPBACK = {4: Prefix(4, 0x7F000000, 0xFF000000), 6: Prefix(6, 1, (1 << 128) - 1)}
+EPHEMERAL = (32768, 60999)
+LOOPBACK = {4: Prefix(4, 0x7F000000, 0xFF000000), 6: Prefix(6, 1, (1 << 128) - 1)}
 
 
 def check(ctx: CheckContext) -> Iterator[Finding]:
@@ -71,7 +75,12 @@ def check(ctx: CheckContext) -> Iterator[Finding]:
     dead = _unanswered(sp, plain, own, mine, family)
     if dead.is_empty():
         return  # every (address, port) can answer some client: nothing more to ask
-    syns = _syn(sp) & mine & dead - sp.iface("iif", None) - sp.iface("iif", "lo")
+    # a client is one the host answers through the interface its SYN came in by (where the
+    # host model routes nothing back, say an interface whose subnet no rule names, natlint
+    # cannot tell who the clients are, and says nothing)
+    back = union_all([sp.iface("iif", i.name) & plain.routed_out(i.name, "src") for i in ctx.host.interfaces
+                      if not i.loopback and i.name in sp.interfaces] or [sp.none()])
+    syns = _syn(sp) & mine & dead & back
     delivered = [o.packets for o in plain.arriving(syns)
                  if o.verdict == "ACCEPT" and o.delivered is not None and o.delivered.to == "local"]
     if not delivered:
@@ -88,23 +97,23 @@ def check(ctx: CheckContext) -> Iterator[Finding]:
 
 def _syn(sp: Any) -> Any:
     """New TCP connections as they arrive: a SYN, no mark, no NAT yet."""
-    return first_packet(sp) & sp.value("proto", _TCP)
+    return first_packet(sp) & sp.value("proto", TCP)
 
 
 def _unanswered(sp: Any, plain: Engine, own: list[Prefix], mine: Any, family: int) -> Any:
     """The (dst = host address, dport = port) pairs none of whose SYN-ACKs, from that address
     and port to any remote address and ephemeral port, gets out (as a set of arriving packets)."""
-    remote = sp.all() - union_all([sp.prefix("dst", p) for p in own]) - sp.prefix("dst", _LOOPBACK[family])
-    synacks = (sp.value("proto", _TCP) & sp.value("tcp_flags", _SYN | _ACK) & sp.ctstate(["ESTABLISHED"])
+    remote = sp.all() - union_all([sp.prefix("dst", p) for p in own]) - sp.prefix("dst", LOOPBACK[family])
+    synacks = (sp.value("proto", TCP) & sp.value("tcp_flags", SYN | ACK) & sp.ctstate(["ESTABLISHED"])
                & sp.iface("iif", None) & sp.value("fragment", False) & remote
-               & sp.range("dport", *_EPHEMERAL)
+               & sp.range("dport", *EPHEMERAL)
                & union_all([sp.prefix("src", p) for p in own]))
     for name in ("mark", "connmark"):
         if name in sp.fields:
             synacks = synacks & sp.value(name, 0)
     # what gets out to a remote client (delivered on the host itself: a broadcast address)
     alive = [o.packets for o in plain.local(synacks)
-             if o.verdict not in _DEAD and not (o.delivered is not None and o.delivered.to == "local")]
+             if o.verdict not in DEAD and not (o.delivered is not None and o.delivered.to == "local")]
     others = [n for n in sp.fields if n not in ("src", "sport")]
     answered = sp.forget(union_all(alive), *others) if alive else sp.none()
     answered = answered.may()
@@ -126,7 +135,7 @@ def _findings(ctx: CheckContext, failing: Any) -> Iterator[Finding]:
     groups: dict[Step | None, list[Outcome]] = {}
     for o in ctx.engine.arriving(failing):
         if o.verdict == "ACCEPT" and o.delivered is not None and o.delivered.to == "local":
-            groups.setdefault(o.decided_by, []).append(o)
+            groups.setdefault(o.accepted_by("INPUT") or o.decided_by, []).append(o)
     for step, outcomes in groups.items():
         packets: Any = union_all([o.packets for o in outcomes])
         witness = _neighbour(ctx, packets).pick()
@@ -164,10 +173,13 @@ def _ports(packets: Any) -> str:
     return ("port " if len(words) == 1 and "-" not in words[0] else "ports ") + ", ".join(words)
 
 
-def _finding(ctx: CheckContext, step: Step | None, packets: Any, witness: Any, traced: Outcome) -> Finding:
+def dropped_at(ctx: CheckContext, traced: Outcome, unknown: str) -> tuple[str, list[Related], Step | None]:
+    """Where a failing handshake's SYN-ACK is dropped (the last rule or policy of its reply
+    steps): the words for the message, the related location and the step (``unknown``: the
+    words when no rule or policy is named)."""
     answer = [s for s in traced.steps if s.reply]
     drop = next((s for s in reversed(answer) if s.index is not None), None)
-    where = "the host's own chains"
+    where = unknown
     related: list[Related] = []
     if drop is not None:
         if drop.index == "policy":
@@ -176,22 +188,43 @@ def _finding(ctx: CheckContext, step: Step | None, packets: Any, witness: Any, t
             where = f"{drop.table}/{drop.chain} rule {drop.index} (line {drop.line})"
         if drop.line is not None:
             related.append(Related(ctx.path, drop.line, f"drops the SYN-ACK: {drop.rule or drop.action}"))
+    return where, related, drop
+
+
+def accepting(step: Step | None) -> str | None:
+    """How a finding names the rule or policy that accepted the connections."""
+    if step is None or step.line is None:
+        return None
+    return f"{step.table}/{step.chain} {'policy' if step.index == 'policy' else f'rule {step.index}'}"
+
+
+def handshake_finding(ctx: CheckContext, code: str, message: str, step: Step | None, sent: Any, traced: Outcome,
+                      related: list[Related]) -> Finding:
+    """A finding on the rule (or policy) ``step`` that accepted connections that never complete:
+    the witness ``sent`` (a packet as its sender sent it) and its traced handshake."""
+    line, column, table, chain, text = 1, 1, None, None, None
+    if step is not None and step.line is not None:
+        line, table, chain, text = step.line, step.table, step.chain, step.rule
+    reasons = traced.reasons
+    if reasons:
+        message += " Approximate: " + "; ".join(reasons[:2]) + "."
+    witness = {"in": sent.iif, "src": str(sent.src), "dst": str(sent.dst), "proto": sent.proto,
+               "sport": sent.sport, "dport": sent.dport}
+    return Finding(code, "warning", message, ctx.path, line, column, table, chain, tuple(related), witness,
+                   "approximate" if reasons else "exact", source_line=text)
+
+
+def _finding(ctx: CheckContext, step: Step | None, packets: Any, witness: Any, traced: Outcome) -> Finding:
+    where, related, _drop = dropped_at(ctx, traced, "the host's own chains")
     sp: Any = ctx.engine.space
     dsts = sorted({str(sp.decode("dst", lo)) for lo, _hi in (packets.values("dst", limit=4) or [])})
     to = ", ".join(dsts) if dsts else "the host"
     how = f"INPUT accepts new TCP connections to {to} {_ports(packets)}"
-    line, column, table, chain, text = 1, 1, None, None, None
-    if step is not None and step.line is not None:
-        line, table, chain, text = step.line, step.table, step.chain, step.rule
-        how += f" ({step.table}/{step.chain} {'policy' if step.index == 'policy' else f'rule {step.index}'})"
+    rule = accepting(step)
+    if rule is not None:
+        how += f" ({rule})"
     message = (f"{how}, but the SYN-ACK the host answers with is dropped on its way out by {where}, for every"
                " client: these connections never complete and clients time out. Accept the replies before"
                " that point, e.g. '-A OUTPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT' as OUTPUT's"
                " first rule.")
-    reasons = traced.reasons
-    if reasons:
-        message += " Approximate: " + "; ".join(reasons[:2]) + "."
-    sent = {"in": witness.iif, "src": str(witness.src), "dst": str(witness.dst), "proto": witness.proto,
-            "sport": witness.sport, "dport": witness.dport}
-    return Finding("NL204", "warning", message, ctx.path, line, column, table, chain, tuple(related), sent,
-                   "approximate" if reasons else "exact", source_line=text)
+    return handshake_finding(ctx, "NL204", message, step, witness, traced, related)

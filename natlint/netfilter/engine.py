@@ -138,6 +138,15 @@ class Outcome:
                 return step
         return None
 
+    def accepted_by(self, hook: str) -> Step | None:
+        """The filter table's rule or policy that let the packet through in ``hook`` (its
+        own steps, not a reply's), or None."""
+        for step in reversed(self.steps):
+            if not step.reply and step.hook == hook and step.table == "filter" \
+                    and step.action in ("ACCEPT", "policy ACCEPT"):
+                return step
+        return None
+
 
 @dataclass(frozen=True)
 class _Branch:
@@ -1014,6 +1023,13 @@ class Engine:
                             for prefixes, decision in self.host.route_partition()]  # type: ignore[attr-defined]
         return self._routes
 
+    def routed_out(self, interface: str, name: str = "dst") -> object:
+        """The addresses the host forwards out of the interface (as field ``name``: a source
+        of that set is a client the host answers through the interface)."""
+        return prefixes_union(self.space, [p for prefixes, decision in self.host.route_partition()  # type: ignore[attr-defined]
+                                           if decision.kind == "forward" and decision.oif == interface
+                                           for p in prefixes], name)
+
     def _route(self, branches: list[_Branch], outcomes: list[Outcome], *, output: bool = False
                ) -> Iterator[tuple[_Branch, object]]:
         """The branches split by the routing decision, each part with its decision (what no
@@ -1215,9 +1231,9 @@ def union_stream(sets: Iterable[object], empty: object) -> object:
     return found
 
 
-def prefixes_union(sp: object, prefixes: Iterable[Prefix]) -> object:
+def prefixes_union(sp: object, prefixes: Iterable[Prefix], name: str = "dst") -> object:
     result = sp.none()  # type: ignore[attr-defined]
     for prefix in prefixes:
-        result = result | sp.prefix("dst", prefix)  # type: ignore[attr-defined]
+        result = result | sp.prefix(name, prefix)  # type: ignore[attr-defined]
     return result
 

@@ -50,10 +50,10 @@ from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any
 
-from natlint.model.ruleset import Rule
+from natlint.model.ruleset import Rule, Ruleset
 from natlint.netfilter.engine import Engine, Outcome, Step
 
-__all__ = ["follow_replies"]
+__all__ = ["follow_replies", "snat_replies_followed"]
 
 _TCP = 6
 _SYN, _RST, _ACK = 0x02, 0x04, 0x10
@@ -167,10 +167,11 @@ def _reset(sp: Any, packets: Any, src: int, dst: int) -> Any:
     return None if head is None else _answer(sp, packets, head & flags)
 
 
-def _swapped_tcp(sp: Any, packets: Any, src: int, dst: int) -> Any:
+def _swapped_tcp(sp: Any, packets: Any, src: int, dst: int, *, client_port: str = "sport") -> Any:
     """A TCP header going back the other way: from the packets' destination ``dst`` and
-    ports to their source ``src`` and ports (None: the ports are too scattered)."""
-    sports, dports = packets.values("sport", limit=16), packets.values("dport", limit=16)
+    ports to their source ``src`` and ports (``client_port``: the field that holds the
+    source port, ``orig_sport`` before an SNAT; None: the ports are too scattered)."""
+    sports, dports = packets.values(client_port, limit=16), packets.values("dport", limit=16)
     if sports is None or dports is None:
         return None
     return (sp.value("proto", _TCP) & sp.value("src", sp.decode("dst", dst)) & sp.value("dst", sp.decode("src", src))
@@ -242,9 +243,12 @@ def _handshake(engine: Engine, outcome: Outcome) -> Outcome:
     the receiver sends back (ESTABLISHED, from the host's socket through OUTPUT, or from the
     receiver into PREROUTING, FORWARD and POSTROUTING) and the client's ACK (ESTABLISHED, the
     SYN's own way). "fails" when the host's chains drop either; "completes" when both pass
-    and the receiver is the host or a container behind one of its bridges. A connection that
-    SNAT rewrote is left alone (its answer comes back to the translated address), and so is
-    the ACK of one that DNAT rewrote (nat PREROUTING rewrites it between mangle and filter)."""
+    and the receiver is the host or a container behind one of its bridges. The SYN-ACK of a
+    connection that SNAT rewrote comes back to the translated address, and conntrack
+    rewrites it back to the client in nat PREROUTING: it is followed from there when raw and
+    mangle PREROUTING, which see it before, have no rules (:func:`snat_replies_followed`),
+    else left alone. The ACK of a connection that NAT rewrote is not followed (nat rewrites
+    it between mangle and filter)."""
     sp: Any = engine.space
     packets: Any = outcome.packets
     delivered = outcome.delivered
@@ -260,15 +264,21 @@ def _handshake(engine: Engine, outcome: Outcome) -> Outcome:
         states = ("INVALID", "NEW")
     else:
         return outcome
-    src, dst, iif = _single(packets, "src"), _single(packets, "dst"), _single(packets, "iif")
+    snat = packets.intersects(sp.value("ct_snat", True))
+    if snat and (not packets.issubset(sp.value("ct_snat", True)) or not snat_replies_followed(engine.ruleset)):
+        return outcome
+    # the client: the SYN's source before any SNAT (its answer is rewritten back to it in nat
+    # PREROUTING, before routing)
+    client = "orig_src" if snat else "src"
+    src, dst, iif = _single(packets, client), _single(packets, "dst"), _single(packets, "iif")
     if src is None or dst is None or iif is None:
         return outcome
-    if sp.decode("iif", iif) in (None, "lo") or packets.intersects(sp.value("ct_snat", True)):
-        return outcome  # sent by the host itself, or SNATed: not followed
+    if sp.decode("iif", iif) in (None, "lo"):
+        return outcome  # sent by the host itself: not followed
     dnat = packets.intersects(sp.value("ct_dnat", True))
     if dnat and not packets.issubset(sp.value("ct_dnat", True)):
         return outcome
-    head = _swapped_tcp(sp, packets, src, dst)
+    head = _swapped_tcp(sp, packets, src, dst, client_port="orig_sport" if snat else "sport")
     if head is None:
         return outcome
     synack = _later(sp, packets, head & sp.value("tcp_flags", _SYN | _ACK), states[0])
@@ -279,7 +289,7 @@ def _handshake(engine: Engine, outcome: Outcome) -> Outcome:
             return outcome
         back = engine.arriving(synack & sp.iface("iif", delivered.interface))
     ways: list[tuple[str, list[Outcome]]] = [("SYN-ACK", back)]
-    if not dnat:  # the client's ACK: the SYN's own way, ESTABLISHED
+    if not dnat and not snat:  # the client's ACK: the SYN's own way, ESTABLISHED
         ack = _later(sp, packets, sp.forget(packets, *(n for n in sp.fields if n not in _SAME))
                      & sp.value("tcp_flags", _ACK), states[1])
         ways.append(("client's ACK", engine.arriving(ack & sp.iface("iif", sp.decode("iif", iif)))))
@@ -307,6 +317,18 @@ def _handshake(engine: Engine, outcome: Outcome) -> Outcome:
         # address that was not translated is up to networks natlint does not see
         return outcome
     return replace(outcome, connection="completes")
+
+
+def snat_replies_followed(ruleset: Ruleset) -> bool:
+    """Whether the answer to a SNATed connection can be followed from where conntrack has
+    rewritten its destination back (nat PREROUTING): only raw and mangle PREROUTING come
+    before, and they have no rules. Otherwise natlint does not follow it."""
+    for name in ("raw", "mangle"):
+        table = ruleset.tables.get(name)
+        chain = table.chains.get("PREROUTING") if table is not None else None
+        if chain is not None and chain.rules:
+            return False
+    return True
 
 
 _SAME = ("src", "dst", "sport", "dport", "proto", "iif", "orig_src", "orig_dst", "orig_sport", "orig_dport",
