@@ -26,7 +26,9 @@ __all__ = ["run_checks", "CHECK_MODULES", "CheckContext", "load_all"]
 Check = Callable[[CheckContext], Iterable[Finding]]
 
 # In order of the codes they report.
-CHECK_MODULES: tuple[str, ...] = ("structure", "rules", "handshake", "nat", "exposure", "forwarding", "docker", "kube")
+CHECK_MODULES: tuple[str, ...] = (
+    "structure", "rules", "handshake", "neighbours", "nat", "exposure", "forwarding", "docker", "kube",
+)
 
 
 def load_all() -> list[ModuleType]:
