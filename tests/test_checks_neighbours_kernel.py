@@ -30,7 +30,10 @@ _COMMON = ("-A INPUT -i lo -j ACCEPT\n-A INPUT -m conntrack --ctstate RELATED,ES
 LINK_LOCAL_ONLY = _HEAD + _COMMON + "-A INPUT -s fe80::/10 -p ipv6-icmp -j ACCEPT\nCOMMIT\n"
 FIXED = _HEAD + ("-A INPUT -p ipv6-icmp -m icmp6 --icmpv6-type 135 -m conntrack --ctstate UNTRACKED -j ACCEPT\n"
                  "-A INPUT -p ipv6-icmp -m icmp6 --icmpv6-type 136 -m conntrack --ctstate UNTRACKED -j ACCEPT\n"
-                 + _COMMON + "COMMIT\n")
+                 + _COMMON
+                 + "-A OUTPUT -p ipv6-icmp -m icmp6 --icmpv6-type 135 -m conntrack --ctstate UNTRACKED -j ACCEPT\n"
+                 "-A OUTPUT -p ipv6-icmp -m icmp6 --icmpv6-type 136 -m conntrack --ctstate UNTRACKED -j ACCEPT\n"
+                 "COMMIT\n")
 _SEND = ("import socket, sys, time\n"
          "s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)\n"
          "for _ in range(4):\n"
@@ -48,7 +51,7 @@ def kernel() -> None:
 
 def _link(rules: str) -> tuple[str, str, str]:
     """(the host's entry for the neighbour, the neighbour's entry for the host, the host's
-    INPUT counters) after each sent to the other, each having to solicit."""
+    counters) after each sent to the other, each having to solicit."""
     with Netns() as host, Netns() as neighbour:
         # made inside the two namespaces, and gone with them
         pair = ["ip", "link", "add", "nd0", "netns", host.name, "type", "veth", "peer", "name", "nd1",
@@ -72,7 +75,7 @@ def _link(rules: str) -> tuple[str, str, str]:
         assert host.run(["ip", "-6", "neigh", "flush", "dev", "nd0"]).returncode == 0
         assert host.run(["python3", "-c", _SEND, NEIGHBOUR], timeout=10).returncode == 0
         seen = host.run(["ip", "-6", "neigh", "show", NEIGHBOUR]).stdout.decode()
-        counters = host.run(["ip6tables", "-L", "INPUT", "-v", "-n", "-x"]).stdout.decode()
+        counters = host.run(["ip6tables", "-L", "-v", "-n", "-x"]).stdout.decode()
         return seen, back, counters
 
 
@@ -98,7 +101,8 @@ def test_accepting_types_135_and_136_resolves_both_ways(kernel: None) -> None:
     seen, back, counters = _link(FIXED)
     assert any(state in seen for state in _RESOLVED), seen
     assert any(state in back for state in _RESOLVED), back
-    # the rules that test --ctstate UNTRACKED counted them: conntrack leaves ND untracked
+    # the rules that test --ctstate UNTRACKED counted them, in and out: conntrack leaves
+    # neighbour discovery untracked
     rows = [line.split() for line in counters.splitlines() if "ctstate UNTRACKED" in line]
-    assert len(rows) == 2 and all(int(row[0]) > 0 for row in rows), counters
+    assert len(rows) == 4 and all(int(row[0]) > 0 for row in rows), counters
     assert not _nl206(FIXED)
