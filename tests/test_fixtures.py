@@ -43,8 +43,9 @@ def _reported(path: Path) -> list[natlint.findings.Finding]:  # type: ignore[nam
     """The findings, under the host model the fixture names (``# host: FILE``, as the kernel
     tests build their lab from), else the inferred one."""
     named = _HOST.search(path.read_text())
-    host = read_host_file(path.parent / named.group(1)) if named else None
-    return [f for f in run_checks(natlint.load(path), host) if f.severity in ("error", "warning")]
+    ruleset = natlint.load(path)
+    host = read_host_file(path.parent / named.group(1), ruleset.family) if named else None
+    return [f for f in run_checks(ruleset, host) if f.severity in ("error", "warning")]
 
 
 @pytest.mark.parametrize("path", _fixtures(), ids=lambda p: str(p.relative_to(FIXTURES)))

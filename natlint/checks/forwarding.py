@@ -291,6 +291,12 @@ def _findings(ctx: CheckContext, failing: Any) -> Iterator[Finding]:
         yield _finding(ctx, step, packets, sent, traced[0])
 
 
+def _endpoint(address: object, port: object) -> str:
+    """ADDRESS:PORT, an IPv6 address in brackets."""
+    text = str(address)
+    return f"[{text}]:{port}" if ":" in text else f"{text}:{port}"
+
+
 def _own(ctx: CheckContext, sp: Any, interfaces: Any) -> Any:
     """The addresses of these interfaces of the host, as ``orig_dst``."""
     return union_all([sp.prefix("orig_dst", a.host) for i in interfaces for a in i.addresses
@@ -332,7 +338,8 @@ def _finding(ctx: CheckContext, step: Step | None, packets: Any, sent: Any, trac
            f" {_servers(sp, packets)} out of {', '.join(outs) or 'an interface'}")
     after = traced.packets.pick()  # type: ignore[attr-defined]
     if after is not None and sent.dst != after.dst:
-        how += f", port forwards among them (e.g. {sent.dst}:{sent.dport} DNATed to {after.dst}:{after.dport})"
+        how += (f", port forwards among them (e.g. {_endpoint(sent.dst, sent.dport)} DNATed to"
+                f" {_endpoint(after.dst, after.dport)})")
     if drop is not None and drop.chain == "DOCKER-USER":
         fix = ("Let the replies through before that rule: '-I DOCKER-USER -m conntrack --ctstate RELATED,ESTABLISHED"
                " -j RETURN' (Docker's own FORWARD rules then accept them).")
