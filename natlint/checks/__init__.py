@@ -40,6 +40,10 @@ def run_checks(ruleset: Ruleset, host: HostModel | None = None, *, ctx: CheckCon
     from natlint.netfilter.engine import BranchBudgetExceeded
     from natlint.packets.space import BudgetExceeded
 
+    if host is not None and host.family != ruleset.family:
+        raise ValueError(f"the host model is for IPv{host.family} and the ruleset is an IPv{ruleset.family} dump:"
+                         f" read the host file for IPv{ruleset.family} (natlint.host.read_host_file(path,"
+                         f" {ruleset.family}))")
     context = ctx if ctx is not None else CheckContext(ruleset, host)
     findings = [f for f in ruleset.diagnostics if isinstance(f, Finding)]
     for module in load_all():
