@@ -62,7 +62,10 @@ sets ``net.ipv6.conf.all.forwarding=1`` and ``bridge-nf-call-ip6tables=1`` on th
 DAD off everywhere (``accept_dad=0`` before any interface exists, ``nodad`` on every address)
 so addresses are usable at once, and traces in an ``ip6 nlk_trace`` table. Probes may also be
 ``icmpv6`` (one echo request; ``dport`` is ignored, the echo identifier plays the source port,
-``delivered_to`` is ``ns:0``: the namespace whose stack took the request). Facts of
+``delivered_to`` is ``ns:0``: the namespace whose stack took the request). A TCP client of
+an IPv6 lab also watches a raw ICMPv6 socket while it connects: tcp_v6_err does not treat
+some ICMPv6 errors as fatal in SYN_SENT (the connect just times out), and a destination
+unreachable that quotes the probe's SYN makes the probe read ``unreachable``. Facts of
 iptables 1.8.9: ``xtables-monitor`` aborts when it must print an ip6 rule such as
 ``tcp flags & (syn|ack) == syn`` ("unsupported layer 4 protocol value"), so the ip6 trace
 table matches in base chains ``hook_pre``/``hook_out`` and jumps to ``pre``/``out``, whose only
@@ -1094,6 +1097,9 @@ class _AgentServer:
             self.emit({**self.ping6(dst, sport, cmd.get("src"), timeout), **res, "elapsed": time.monotonic() - t0})
             return
         tcp = cmd["proto"] == "tcp"
+        # IPv6: a connecting socket ignores some ICMPv6 errors about its SYN (not fatal in
+        # SYN_SENT for tcp_v6_err: they only time the connect out). A raw socket sees them.
+        errors = self.icmp6_errors() if tcp and self.family == 6 else None
         s = socket.socket(self.af, socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM)
         try:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -1116,10 +1122,41 @@ class _AgentServer:
             )
             with contextlib.suppress(OSError):
                 res.setdefault("local", s.getsockname()[0])
+            if res["status"] == "timeout" and errors is not None:
+                error = self.quoted_error(errors, sport, dport)
+                if error is not None:
+                    res["status"], res["banner"] = "unreachable", error
         finally:
             s.close()
+            if errors is not None:
+                errors.close()
         res["elapsed"] = time.monotonic() - t0
         self.emit(res)
+
+    @staticmethod
+    def icmp6_errors() -> socket.socket | None:
+        """A raw socket that receives ICMPv6 destination-unreachable errors (None: not allowed)."""
+        try:
+            r = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+        except OSError:
+            return None
+        r.setsockopt(socket.IPPROTO_ICMPV6, ICMP6_FILTER, _icmp6_filter(ICMP6_DST_UNREACH))
+        r.setblocking(False)
+        return r
+
+    @staticmethod
+    def quoted_error(r: socket.socket, sport: int, dport: int) -> str | None:
+        """The ICMPv6 error received on ``r`` that quotes a TCP segment from ``sport`` to
+        ``dport`` (8 bytes ICMPv6, 40 bytes IPv6 with next header TCP, then the TCP ports)."""
+        for _ in range(256):
+            try:
+                data, peer = r.recvfrom(4096)
+            except OSError:
+                return None
+            if len(data) >= 52 and data[0] == ICMP6_DST_UNREACH and data[8 + 6] == 6 \
+                    and struct.unpack("!HH", data[48:52]) == (sport, dport):
+                return f"icmpv6 type {data[0]} code {data[1]} from {peer[0]}"
+        return None
 
 
     @staticmethod
