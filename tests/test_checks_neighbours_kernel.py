@@ -13,6 +13,7 @@ What natlint.checks.neighbours claims and this test measures (6.18):
 from __future__ import annotations
 
 import subprocess
+import sys
 
 import pytest
 from oracle import Netns, kernel_available, restore
@@ -70,10 +71,10 @@ def _link(rules: str) -> tuple[str, str, str]:
         # the neighbour first (its solicitation in), read before the host's own solicitation
         # can teach it the host's address; then the host, which forgets what the neighbour's
         # solicitation taught it, solicits itself (the neighbour's advertisement in)
-        assert neighbour.run(["python3", "-c", _SEND, HOST], timeout=10).returncode == 0
+        assert neighbour.run([sys.executable, "-c", _SEND, HOST], timeout=10).returncode == 0
         back = neighbour.run(["ip", "-6", "neigh", "show", HOST]).stdout.decode()
         assert host.run(["ip", "-6", "neigh", "flush", "dev", "nd0"]).returncode == 0
-        assert host.run(["python3", "-c", _SEND, NEIGHBOUR], timeout=10).returncode == 0
+        assert host.run([sys.executable, "-c", _SEND, NEIGHBOUR], timeout=10).returncode == 0
         seen = host.run(["ip", "-6", "neigh", "show", NEIGHBOUR]).stdout.decode()
         counters = host.run(["ip6tables", "-L", "-v", "-n", "-x"]).stdout.decode()
         return seen, back, counters
