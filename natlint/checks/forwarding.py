@@ -51,7 +51,7 @@ from natlint.checks.handshake import (
     handshake_finding,
 )
 from natlint.findings import Code, Finding, register
-from natlint.netfilter.engine import Engine, Outcome, Step, union_all
+from natlint.netfilter.engine import Engine, Outcome, Step, prefixes_union, union_all
 from natlint.netfilter.nat import real_interfaces
 from natlint.netfilter.replies import snat_replies_followed
 
@@ -108,8 +108,7 @@ def check(ctx: CheckContext) -> Iterator[Finding]:
 def _not_host(ctx: CheckContext, sp: Any, family: int) -> Any:
     """Addresses (as ``src``) that are neither the host's nor loopback."""
     own = [a.host for i in ctx.host.interfaces for a in i.addresses if a.version == family]
-    return sp.all() - union_all([sp.prefix("src", p) for p in own] or [sp.none()]) \
-        - sp.prefix("src", LOOPBACK[family])
+    return sp.all() - prefixes_union(sp, own, "src") - sp.prefix("src", LOOPBACK[family])
 
 
 def _synacks(sp: Any, *, snat: bool) -> Any:
@@ -299,8 +298,8 @@ def _endpoint(address: object, port: object) -> str:
 
 def _own(ctx: CheckContext, sp: Any, interfaces: Any) -> Any:
     """The addresses of these interfaces of the host, as ``orig_dst``."""
-    return union_all([sp.prefix("orig_dst", a.host) for i in interfaces for a in i.addresses
-                      if a.version == ctx.ruleset.family] or [sp.none()])
+    return prefixes_union(sp, [a.host for i in interfaces for a in i.addresses if a.version == ctx.ruleset.family],
+                          "orig_dst")
 
 
 def _servers(sp: Any, packets: Any) -> str:

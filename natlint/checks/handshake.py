@@ -31,7 +31,7 @@ from natlint.checks.context import CheckContext
 from natlint.checks.dnat import first_packet
 from natlint.findings import Code, Finding, Related, register
 from natlint.model.values import Prefix
-from natlint.netfilter.engine import Engine, Outcome, Step, union_all
+from natlint.netfilter.engine import Engine, Outcome, Step, prefixes_union, union_all
 
 __all__ = ["ACK", "DEAD", "EPHEMERAL", "LOOPBACK", "SYN", "TCP", "accepting", "check", "dropped_at",
            "handshake_finding"]
@@ -71,7 +71,7 @@ def check(ctx: CheckContext) -> Iterator[Finding]:
     if not own:
         return
     plain = ctx.stepless_engine()
-    mine = union_all([sp.prefix("dst", p) for p in own])
+    mine = prefixes_union(sp, own)
     dead = _unanswered(sp, plain, own, mine, family)
     if dead.is_empty():
         return  # every (address, port) can answer some client: nothing more to ask
@@ -103,11 +103,11 @@ def _syn(sp: Any) -> Any:
 def _unanswered(sp: Any, plain: Engine, own: list[Prefix], mine: Any, family: int) -> Any:
     """The (dst = host address, dport = port) pairs none of whose SYN-ACKs, from that address
     and port to any remote address and ephemeral port, gets out (as a set of arriving packets)."""
-    remote = sp.all() - union_all([sp.prefix("dst", p) for p in own]) - sp.prefix("dst", LOOPBACK[family])
+    remote = sp.all() - mine - sp.prefix("dst", LOOPBACK[family])
     synacks = (sp.value("proto", TCP) & sp.value("tcp_flags", SYN | ACK) & sp.ctstate(["ESTABLISHED"])
                & sp.iface("iif", None) & sp.value("fragment", False) & remote
                & sp.range("dport", *EPHEMERAL)
-               & union_all([sp.prefix("src", p) for p in own]))
+               & prefixes_union(sp, own, "src"))
     for name in ("mark", "connmark"):
         if name in sp.fields:
             synacks = synacks & sp.value(name, 0)
@@ -153,8 +153,8 @@ def _neighbour(ctx: CheckContext, packets: Any) -> Any:
     routes its answer there), external interfaces first; else any of the packets."""
     sp: Any = ctx.engine.space
     ifaces = [*ctx.host.external_interfaces(), *(i for i in ctx.host.interfaces if not i.loopback)]
-    own = union_all([sp.prefix("src", a.host) for i in ctx.host.interfaces for a in i.addresses
-                     if a.version == ctx.ruleset.family] or [sp.none()])
+    own = prefixes_union(sp, [a.host for i in ctx.host.interfaces for a in i.addresses
+                              if a.version == ctx.ruleset.family], "src")
     for iface in ifaces:
         for subnet in iface.subnets:
             if subnet.version != ctx.ruleset.family:

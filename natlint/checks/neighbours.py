@@ -33,7 +33,7 @@ from natlint.checks.context import CheckContext
 from natlint.checks.handshake import DEAD
 from natlint.findings import Code, Finding, register
 from natlint.model.values import Prefix, parse_address
-from natlint.netfilter.engine import Step, union_all
+from natlint.netfilter.engine import Step, prefixes_union
 from natlint.netfilter.nat import real_interfaces
 
 __all__ = ["check"]
@@ -134,22 +134,19 @@ def _base(sp: Any, icmp_type: int) -> Any:
     return found
 
 
-def _any(sp: Any, name: str, prefixes: list[Prefix]) -> Any:
-    return union_all([sp.prefix(name, p) for p in prefixes] or [sp.none()])
-
-
 def _classes(sp: Any, name: str, own: list[Prefix], subnets: list[Prefix]) -> Iterator[tuple[_Kind, Any]]:
     arriving = sp.iface("iif", name)
-    solicited = _any(sp, "dst", [_SOLICITED, *own])
+    solicited = prefixes_union(sp, [_SOLICITED, *own], "dst")
     yield _NS_LINK_LOCAL, _base(sp, _NS) & arriving & sp.prefix("src", _LINK_LOCAL) & solicited
-    host = _any(sp, "src", own)
-    yield _NS_GLOBAL, _base(sp, _NS) & arriving & (_any(sp, "src", list(_GLOBAL)) - host) & solicited
+    host: Any = prefixes_union(sp, own, "src")
+    neighbours = prefixes_union(sp, list(_GLOBAL), "src") - host  # type: ignore[operator]
+    yield _NS_GLOBAL, _base(sp, _NS) & arriving & neighbours & solicited
     if own:
-        to_host = _base(sp, _NA) & arriving & _any(sp, "dst", [*own, _ALL_NODES])
+        to_host = _base(sp, _NA) & arriving & prefixes_union(sp, [*own, _ALL_NODES], "dst")
         yield _NA_LINK_LOCAL, to_host & sp.prefix("src", _LINK_LOCAL)
-        yield _NA_GLOBAL, to_host & (_any(sp, "src", list(_GLOBAL)) - host)
+        yield _NA_GLOBAL, to_host & neighbours
     if own and subnets:
-        to = _any(sp, "dst", subnets) - _any(sp, "dst", own)
+        to = prefixes_union(sp, subnets, "dst") - prefixes_union(sp, own, "dst")  # type: ignore[operator]
         yield _NA_OUT, _base(sp, _NA) & sp.iface("iif", None) & host & to
 
 
