@@ -93,22 +93,22 @@ def check(ctx: CheckContext) -> Iterator[Finding]:
     interfaces = [i.name for i in ctx.host.interfaces if not i.loopback and i.name in sp.interfaces]
     if not interfaces:
         return
-    others = _not_host(ctx, sp, family)
+    remote = _not_host(ctx, sp, family, "dst")  # a client, as the SYN-ACK's destination
     plain = ctx.stepless_engine()
     base = _synacks(sp, snat=snat_replies_followed(ctx.ruleset))
-    came_in = _dropped_synacks(sp, plain, base, others, interfaces)
+    came_in = _dropped_synacks(sp, plain, base & _not_host(ctx, sp, family, "src") & remote, interfaces)
     if not came_in:
         return  # every SYN-ACK the host may forward gets through: nothing more to ask
-    failing = _failing(sp, plain, base, others, came_in, interfaces)
+    failing = _failing(sp, plain, base, remote, came_in, interfaces)
     if failing.is_empty():
         return
     yield from _findings(ctx, _as_sent(sp, failing))
 
 
-def _not_host(ctx: CheckContext, sp: Any, family: int) -> Any:
-    """Addresses (as ``src``) that are neither the host's nor loopback."""
+def _not_host(ctx: CheckContext, sp: Any, family: int, name: str) -> Any:
+    """Addresses (as the field ``name``) that are neither the host's nor loopback."""
     own = [a.host for i in ctx.host.interfaces for a in i.addresses if a.version == family]
-    return sp.all() - prefixes_union(sp, own, "src") - sp.prefix("src", LOOPBACK[family])
+    return sp.all() - prefixes_union(sp, own, name) - sp.prefix(name, LOOPBACK[family])
 
 
 def _synacks(sp: Any, *, snat: bool) -> Any:
@@ -124,21 +124,12 @@ def _synacks(sp: Any, *, snat: bool) -> Any:
     return found
 
 
-def _swap_others(sp: Any, others: Any) -> Any:
-    """The "not the host's" set of ``src`` addresses as a set of ``dst`` addresses."""
-    ranges = others.values("src", limit=64)
-    if ranges is None:
-        return sp.all()
-    return union_all([sp.range("dst", sp.decode("src", lo), sp.decode("src", hi)) for lo, hi in ranges]
-                     or [sp.none()])
-
-
-def _dropped_synacks(sp: Any, plain: Engine, base: Any, others: Any, interfaces: list[str]) -> list[str]:
-    """The interfaces a forwarded SYN-ACK the host's chains drop may come in by."""
+def _dropped_synacks(sp: Any, plain: Engine, synacks: Any, interfaces: list[str]) -> list[str]:
+    """The interfaces a forwarded SYN-ACK (of ``synacks``: between addresses not the host's)
+    the host's chains drop may come in by."""
     # each interface's SYN-ACKs to clients routed out of another one (a connection between
     # two ports of one bridge is not followed: the engine would have to tell every sender
     # from every receiver to know which of them a DNAT sent back to itself)
-    synacks = base & others & _swap_others(sp, others)
     arriving = union_all([sp.iface("iif", name) & _elsewhere(sp, plain, name, interfaces) for name in interfaces])
     dead = [o.packets for o in plain.arriving(synacks & arriving) if o.verdict in DEAD]
     plain.release()
@@ -153,12 +144,7 @@ def _elsewhere(sp: Any, plain: Engine, name: str, interfaces: list[str]) -> Any:
     return union_all([plain.routed_out(other) for other in interfaces if other != name] or [sp.none()])
 
 
-def _values(packets: Any, name: str, limit: int) -> list[tuple[int, int]] | None:
-    found = packets.values(name, limit=limit)
-    return None if found is None else list(found)
-
-
-def _failing(sp: Any, plain: Engine, base: Any, others: Any, came_in: list[str], interfaces: list[str]) -> Any:
+def _failing(sp: Any, plain: Engine, base: Any, remote: Any, came_in: list[str], interfaces: list[str]) -> Any:
     """The forwarded new TCP connections (as the engine leaves them: after NAT, with their
     original tuple) whose every SYN-ACK the host's chains drop."""
     syns = first_packet(sp) & sp.value("proto", TCP) - sp.iface("iif", None) - sp.iface("iif", "lo")
@@ -175,24 +161,20 @@ def _failing(sp: Any, plain: Engine, base: Any, others: Any, came_in: list[str],
                 continue  # routed back out where it came from: not followed (see above)
             part = packets & sp.iface("iif", name)
             if not part.is_empty():
-                failing = failing | (part & _unanswered(sp, plain, part, back, others))
+                failing = failing | (part & _unanswered(sp, plain, part, name, back, remote))
     plain.release()
     return failing
 
 
-def _unanswered(sp: Any, plain: Engine, group: Any, back: Any, others: Any) -> Any:
-    """The servers (``dst``, ``dport`` of the group's SYNs) none of whose SYN-ACKs gets
-    through, exactly: the SYN-ACKs to every client of the group, on every ephemeral port,
-    with what conntrack keeps of the group's SYNs (a superset of the real ones)."""
-    clients = _values(group, "orig_src", _SERVERS)
-    if clients is not None:
-        to = union_all([sp.range("dst", sp.decode("orig_src", a), sp.decode("orig_src", b)) for a, b in clients])
-    else:
-        to = _swap_others(sp, others)
+def _unanswered(sp: Any, plain: Engine, group: Any, came_by: str, back: Any, remote: Any) -> Any:
+    """The servers (``dst``, ``dport`` of the group's SYNs, which came in by ``came_by``)
+    none of whose SYN-ACKs gets through, exactly: the SYN-ACKs to every client of the group,
+    on every ephemeral port, with what conntrack keeps of the group's SYNs (a superset of the
+    real ones)."""
+    clients = _addresses(sp, group, "orig_src", "dst", _SERVERS)
     # a client is one the host routes its answer back to where the SYN came from (not one
     # it has no route to, nor one of its own or its bridges' other ports)
-    group_in = [n for n in real_interfaces(sp) if group.intersects(sp.iface("iif", n))]
-    to = to & _swap_others(sp, others) & union_all([plain.routed_out(n) for n in group_in] or [sp.none()])
+    to = (remote if clients is None else clients & remote) & plain.routed_out(came_by)
     servers = _moved(sp, sp.forget(group, *(n for n in sp.fields if n not in ("dst", "dport"))),
                      ("dst", "dport"), ("src", "sport"))
     if servers is None:
@@ -215,13 +197,14 @@ def _unanswered(sp: Any, plain: Engine, group: Any, back: Any, others: Any) -> A
     if found is None:
         return sp.none()
     # and only for the clients it was judged for (the SYN's source, as conntrack keeps it)
-    clients = _addresses(sp, sp.forget(synacks, *(n for n in sp.fields if n != "dst")), "dst", "orig_src")
-    return sp.none() if clients is None else found & clients
+    judged = _addresses(sp, sp.forget(synacks, *(n for n in sp.fields if n != "dst")), "dst", "orig_src", 4 * _SERVERS)
+    return sp.none() if judged is None else found & judged
 
 
-def _addresses(sp: Any, packets: Any, name: str, to: str) -> Any | None:
-    """A set of addresses of one field as the same addresses of another (None: too scattered)."""
-    spans = packets.values(name, limit=4 * _SERVERS)
+def _addresses(sp: Any, packets: Any, name: str, to: str, limit: int) -> Any | None:
+    """The addresses of one field of the packets as the same addresses of another (None: more
+    than ``limit`` ranges)."""
+    spans = packets.values(name, limit=limit)
     if spans is None:
         return None
     return union_all([sp.range(to, sp.decode(name, lo), sp.decode(name, hi)) for lo, hi in spans] or [sp.none()])
