@@ -34,7 +34,7 @@ from natlint.model.values import Prefix
 from natlint.netfilter.engine import Engine, Outcome, Step, prefixes_union, union_all
 
 __all__ = ["ACK", "DEAD", "EPHEMERAL", "LOOPBACK", "SYN", "TCP", "accepting", "check", "dropped_at",
-           "handshake_finding"]
+           "dropping", "handshake_finding"]
 
 register(Code(
     "NL204", "connection-never-completes", "warning",
@@ -182,13 +182,18 @@ def dropped_at(ctx: CheckContext, traced: Outcome, unknown: str) -> tuple[str, l
     where = unknown
     related: list[Related] = []
     if drop is not None:
-        if drop.index == "policy":
-            where = f"the {drop.table} {drop.chain} policy ({drop.action.replace('policy ', '')})"
-        else:
-            where = f"{drop.table}/{drop.chain} rule {drop.index} (line {drop.line})"
+        where = dropping(drop, line=True)
         if drop.line is not None:
             related.append(Related(ctx.path, drop.line, f"drops the SYN-ACK: {drop.rule or drop.action}"))
     return where, related, drop
+
+
+def dropping(step: Step, *, line: bool) -> str:
+    """How a finding names the rule or policy that drops a packet: "the filter OUTPUT policy
+    (DROP)", "filter/Reject rule 11" (and "(line 197)" with ``line``)."""
+    if step.index == "policy":
+        return f"the {step.table} {step.chain} policy ({step.action.replace('policy ', '')})"
+    return f"{step.table}/{step.chain} rule {step.index}" + (f" (line {step.line})" if line else "")
 
 
 def accepting(step: Step | None) -> str | None:

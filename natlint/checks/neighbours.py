@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from natlint.checks.context import CheckContext
-from natlint.checks.handshake import DEAD
+from natlint.checks.handshake import DEAD, dropping
 from natlint.findings import Code, Finding, register
 from natlint.model.values import Prefix, parse_address
 from natlint.netfilter.engine import Step, prefixes_union
@@ -187,10 +187,7 @@ def _finding(ctx: CheckContext, step: Step | None, found: list[tuple[_Kind, str,
         table, chain, text = step.table, step.chain, step.rule
         if step.line is not None:
             line = step.line
-        if step.index == "policy":
-            where = f"the {step.table} {step.chain} policy ({step.action.replace('policy ', '')})"
-        else:
-            where = f"{step.table}/{step.chain} rule {step.index}"
+        where = dropping(step, line=False)
     hooks = {kind.hook for kind, _i, _s in found}
     subject = "The" + where[3:] if where.startswith("the ") else where
     message = (f"{subject} drops {'; and '.join(kinds)}: "
