@@ -269,6 +269,7 @@ class Engine:
         self._chain_runs: dict[tuple[str, str], list[sc.ChainRun]] = {}
         self.chains_served = 0  # calls a shared run served for another hook
         self._routes: list[tuple[object, RouteDecision]] | None = None
+        self._routed_out: dict[tuple[str, str], object] = {}
         self._branches = 0
         self._all_new = False  # while _hook runs the nat table: every packet is NEW
 
@@ -1025,10 +1026,14 @@ class Engine:
 
     def routed_out(self, interface: str, name: str = "dst") -> object:
         """The addresses the host forwards out of the interface (as field ``name``: a source
-        of that set is a client the host answers through the interface)."""
-        return prefixes_union(self.space, [p for prefixes, decision in self.host.route_partition()  # type: ignore[attr-defined]
-                                           if decision.kind == "forward" and decision.oif == interface
-                                           for p in prefixes], name)
+        of that set is a client the host answers through the interface). Made once per
+        interface and field: the checks ask for each interface again and again."""
+        found = self._routed_out.get((interface, name))
+        if found is None:
+            found = self._routed_out[(interface, name)] = prefixes_union(
+                self.space, [p for prefixes, decision in self.host.route_partition()  # type: ignore[attr-defined]
+                             if decision.kind == "forward" and decision.oif == interface for p in prefixes], name)
+        return found
 
     def _route(self, branches: list[_Branch], outcomes: list[Outcome], *, output: bool = False
                ) -> Iterator[tuple[_Branch, object]]:
