@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 from oracle import kernel_available, restore
+from test_engine_kernel import _fixture_case, _host_model
 
 import natlint
 from natlint.checks import run_checks
-from natlint.host import read_host_file
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 _EXPECT = re.compile(r"^# expect: (.*)$", re.M)
@@ -36,15 +36,11 @@ def _expected(path: Path) -> set[tuple[str, int]]:
     return found
 
 
-_HOST = re.compile(r"^# host: (\S+)$", re.M)
-
-
 def _reported(path: Path) -> list[natlint.findings.Finding]:  # type: ignore[name-defined]
-    """The findings, under the host model the fixture names (``# host: FILE``, as the kernel
-    tests build their lab from), else the inferred one."""
-    named = _HOST.search(path.read_text())
+    """The findings, under the host model the kernel tests build their lab from (the one the
+    fixture names with ``# host: FILE``, else the inferred one)."""
     ruleset = natlint.load(path)
-    host = read_host_file(path.parent / named.group(1), ruleset.family) if named else None
+    host = _host_model(_fixture_case(path), ruleset)
     return [f for f in run_checks(ruleset, host) if f.severity in ("error", "warning")]
 
 
