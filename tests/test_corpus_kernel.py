@@ -21,7 +21,7 @@ Marker ``kernel``; skipped where the oracle cannot run (``oracle.kernel_availabl
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -43,19 +43,26 @@ _TRACE = re.compile(r"-j TRACE\b")
 SUMMARY: dict[str, Tally] = {}
 
 
-def _cases() -> list[Any]:
+def corpus_cases(family: int, prefix: str, aside: Mapping[str, str] | None = None) -> list[Any]:
+    """The corpus files of one family that ``iptables-restore --test`` accepts and that name
+    no ipset, as cases named PREFIX:FILE (``aside``: file -> why it is skipped)."""
     if not README.is_file():
-        return [pytest.param(None, id="corpus:absent", marks=pytest.mark.skip(reason=f"{README} is absent"))]
+        return [pytest.param(None, id=f"{prefix}:absent", marks=pytest.mark.skip(reason=f"{README} is absent"))]
     params = []
     for entry in parse_corpus_table(README):
-        if entry.exit_code != 0 or entry.family == 6:
+        if entry.exit_code != 0 or entry.family != family:
             continue
         text = entry.path.read_text(errors="replace")
         if _SETS.search(text):
             continue
-        case = Case(f"corpus:{entry.name}", entry.path, paths=_TRACE.search(text) is None)
-        params.append(pytest.param(case, id=entry.name))
+        case = Case(f"{prefix}:{entry.name}", entry.path, paths=_TRACE.search(text) is None)
+        why = (aside or {}).get(entry.name)
+        params.append(pytest.param(case, id=case.name, marks=[pytest.mark.skip(reason=why)] if why else []))
     return params
+
+
+def _cases() -> list[Any]:
+    return corpus_cases(4, "corpus")
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -39,7 +39,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from kernel_harness import Probe
-from test_corpus_kernel import _SETS, _TRACE
+from test_corpus_kernel import corpus_cases
 from test_engine_kernel import (
     EXTRA_PORTS,
     REFERENCE_DUMPS,
@@ -103,23 +103,9 @@ _CORPUS_ASIDE = {
 
 
 def _corpus_cases() -> list[Any]:
-    """The corpus' ip6tables files that ``ip6tables-restore --test`` accepts and that name no
-    ipset (the host model inferred, as for the IPv4 corpus in tests/test_corpus_kernel.py)."""
-    readme = SHARED / "corpus" / "README.md"
-    if not readme.is_file():
-        return [pytest.param(None, id="corpus6:absent", marks=pytest.mark.skip(reason=f"{readme} is absent"))]
-    cases: list[Any] = []
-    for entry in oracle.parse_corpus_table(readme):
-        if entry.exit_code != 0 or entry.family != 6:
-            continue
-        text = entry.path.read_text(errors="replace")
-        if _SETS.search(text):
-            continue
-        case = Case(f"corpus6:{entry.name}", entry.path, paths=_TRACE.search(text) is None)
-        aside = _CORPUS_ASIDE.get(entry.name)
-        marks = [pytest.mark.skip(reason=aside)] if aside else []
-        cases.append(pytest.param(case, id=f"corpus6:{entry.name}", marks=marks))
-    return cases
+    """The corpus' ip6tables files (the host model inferred, as for the IPv4 corpus in
+    tests/test_corpus_kernel.py)."""
+    return corpus_cases(6, "corpus6", _CORPUS_ASIDE)
 
 
 def _icmp(lm: LabMap) -> list[Probe]:
